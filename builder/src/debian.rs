@@ -1,0 +1,1 @@
+//! Debian package source: verified InRelease, Packages, dependency closure, cache and .deb extraction.

@@ -1,0 +1,1 @@
+//! Profiles: the TOML files that describe a node image.

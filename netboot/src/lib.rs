@@ -1,0 +1,1 @@
+//! labimg netboot appliance: DHCP, TFTP, HTTP, inventory and boot events.

@@ -1,0 +1,1 @@
+//! Helpers for labimg boot tests: network namespaces, QEMU, serial logs.
