@@ -1,1 +1,215 @@
 //! Profiles: the TOML files that describe a node image.
+//!
+//! A profile is read with its `extends` chain and `--set` overrides into a tree that
+//! remembers where every key was written ([`source`]), checked against the JSON schema
+//! derived from the types ([`check`]) and then for meaning ([`semantic`]); every problem
+//! is reported at once ([`ProfileErrors`]). Only then is it deserialized into a [`Profile`].
+//!
+//! ```no_run
+//! use std::path::Path;
+//! let p = labimg_builder::profile::load("pi5", Path::new("profiles"), &["k3s.version=v1.36.4+k3s1".into()])?;
+//! println!("{}: {}", p.name, p.kernel_package());
+//! # Ok::<(), labimg_builder::profile::ProfileErrors>(())
+//! ```
+
+mod check;
+mod cluster;
+pub mod defaults;
+pub mod docs;
+mod problem;
+mod semantic;
+mod size;
+mod source;
+mod types;
+
+use std::path::{Path, PathBuf};
+
+pub use problem::{Location, Problem, ProfileErrors};
+pub use size::{Size, SizeError};
+pub use types::*;
+
+use source::Sources;
+
+/// Loads a profile by name (`profiles_dir/<name>.toml`) or by path (anything with a
+/// `/` or ending in `.toml`), applies `sets` (`key.path=value`), and validates it.
+pub fn load(
+    name_or_path: &str,
+    profiles_dir: &Path,
+    sets: &[String],
+) -> Result<Profile, ProfileErrors> {
+    let path = profile_path(name_or_path, profiles_dir);
+    let mut sources = Sources::default();
+    let mut problems = Vec::new();
+    let Some(mut root) = source::load_file(&path, &mut sources, &mut problems) else {
+        return Err(ProfileErrors::sorted(problems));
+    };
+    for set in sets {
+        source::apply_set(&mut root, set, &mut sources, &mut problems);
+    }
+    check::check(&root, &sources, &mut problems);
+    if !problems.is_empty() {
+        return Err(ProfileErrors::sorted(problems));
+    }
+    let mut profile: Profile = match root.to_toml().try_into() {
+        Ok(p) => p,
+        Err(e) => {
+            // The schema walk should have caught everything serde rejects; if it did not,
+            // still say something useful rather than nothing.
+            let message = format!("invalid profile: {}", e.message());
+            return Err(ProfileErrors(vec![sources.problem(
+                root.origin,
+                "",
+                message,
+            )]));
+        }
+    };
+    profile.extends = None;
+    profile.apply_board_defaults();
+    semantic::check(&profile, &root, &sources, &mut problems);
+    if problems.is_empty() {
+        Ok(profile)
+    } else {
+        Err(ProfileErrors::sorted(problems))
+    }
+}
+
+/// Where a profile name or path points.
+pub fn profile_path(name_or_path: &str, profiles_dir: &Path) -> PathBuf {
+    if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
+        PathBuf::from(name_or_path)
+    } else {
+        profiles_dir.join(format!("{name_or_path}.toml"))
+    }
+}
+
+/// The profiles shipped in `profiles_dir` (not its subfolders), as `(name, description)`,
+/// sorted by name. Files that fail to parse are listed with an empty description.
+pub fn list(profiles_dir: &Path) -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir(profiles_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = dir
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter_map(|p| {
+            let name = p.file_stem()?.to_str()?.to_owned();
+            let description = std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .and_then(|t| t.get("description")?.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Some((name, description))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+impl Profile {
+    /// Fills in what depends on the board (console, kernel package) when not set, so
+    /// that a resolved profile shows the values the build will really use.
+    pub fn apply_board_defaults(&mut self) {
+        let board = self.target.board;
+        self.target
+            .console
+            .get_or_insert_with(|| defaults::console(board).into());
+        self.kernel
+            .package
+            .get_or_insert_with(|| defaults::kernel_package(board).into());
+    }
+
+    /// The fully merged profile as TOML (for `labimg profile show --resolved`).
+    pub fn resolved(&self) -> String {
+        let mut p = self.clone();
+        p.extends = None;
+        p.apply_board_defaults();
+        // A profile is plain data (strings, numbers, tables): serializing cannot fail.
+        toml::to_string_pretty(&p).unwrap_or_else(|e| format!("# cannot serialize profile: {e}\n"))
+    }
+
+    /// Debian suites in order of preference.
+    pub fn suites(&self) -> &[String] {
+        &self.debian.suites
+    }
+
+    /// The kernel package, apt style (`name` or `name/suite`).
+    pub fn kernel_package(&self) -> &str {
+        self.kernel
+            .package
+            .as_deref()
+            .unwrap_or(defaults::kernel_package(self.target.board))
+    }
+
+    /// The serial console (`console=` value).
+    pub fn console(&self) -> &str {
+        self.target
+            .console
+            .as_deref()
+            .unwrap_or(defaults::console(self.target.board))
+    }
+
+    /// The pinned SHA-256 of the K3s binary for the target's architecture.
+    pub fn k3s_sha256(&self) -> Option<&str> {
+        match self.target.arch {
+            Arch::Amd64 => self.k3s.sha256.amd64.as_deref(),
+            Arch::Arm64 => self.k3s.sha256.arm64.as_deref(),
+        }
+    }
+
+    /// The K3s release binary's file name for the target (`k3s` or `k3s-arm64`).
+    pub fn k3s_binary_name(&self) -> &'static str {
+        match self.target.arch {
+            Arch::Amd64 => "k3s",
+            Arch::Arm64 => "k3s-arm64",
+        }
+    }
+
+    /// The K3s download URL for the target, from the `k3s.url` template.
+    pub fn k3s_url(&self) -> String {
+        self.k3s
+            .url
+            .replace("{version}", &self.k3s.version.replace('+', "%2B"))
+            .replace("{arch}", self.target.arch.as_str())
+            .replace("{binary}", self.k3s_binary_name())
+    }
+
+    /// The API server URL: `cluster.server-url`, else `https://<vip or first server IP>:6443`.
+    pub fn server_url(&self) -> Option<String> {
+        if let Some(url) = &self.cluster.server_url {
+            return Some(url.clone());
+        }
+        let host = self.cluster.vip.clone().or_else(|| {
+            let first = self.nodes.iter().find(|n| n.role == Role::Server)?;
+            Some(first.ip.as_deref()?.split('/').next()?.to_owned())
+        })?;
+        Some(format!("https://{host}:6443"))
+    }
+
+    /// The nodes with the server role.
+    pub fn servers(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.role == Role::Server)
+    }
+}
+
+impl Arch {
+    /// The Debian architecture name (`amd64`, `arm64`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+impl Node {
+    /// The static address and prefix length, if `ip` is set and well-formed.
+    pub fn address(&self) -> Option<(std::net::IpAddr, u8)> {
+        semantic::parse_cidr(self.ip.as_deref()?).ok()
+    }
+
+    /// The MAC address in canonical lowercase `aa:bb:cc:dd:ee:ff` form, if set and well-formed.
+    pub fn mac_normalized(&self) -> Option<String> {
+        semantic::normalize_mac(self.mac.as_deref()?)
+    }
+}

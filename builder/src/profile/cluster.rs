@@ -1,0 +1,231 @@
+//! The Kubernetes half of the profile model: K3s, cluster identity, CNI, GitOps, nodes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::types::FreeTable;
+
+/// `[k3s]`: the K3s release and its configuration (`/etc/rancher/k3s/config.yaml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct K3s {
+    /// K3s release tag, for example `"v1.36.4+k3s1"`.
+    pub version: String,
+    /// SHA-256 of the release binary per architecture (64 hex digits); the pin for the
+    /// target's architecture is required.
+    #[serde(default)]
+    pub sha256: K3sSha256,
+    /// Download URL template used when the binary is not baked into the image.
+    /// Placeholders: `{version}` (URL-encoded tag), `{arch}` and `{binary}` (`k3s` on
+    /// amd64, `k3s-arm64` on arm64).
+    #[serde(default = "super::defaults::k3s_url")]
+    pub url: String,
+    /// Packaged components to turn off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disable: Vec<K3sComponent>,
+    /// Pod network CIDR.
+    #[serde(default = "super::defaults::cluster_cidr")]
+    pub cluster_cidr: String,
+    /// Service network CIDR.
+    #[serde(default = "super::defaults::service_cidr")]
+    pub service_cidr: String,
+    /// Extra names and addresses for the API server certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_san: Vec<String>,
+    /// Labels for every node, `key = "value"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, String>,
+    /// Taints for every node, `key=value:Effect` or `key:Effect`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_taints: Vec<String>,
+    /// Extra kubelet arguments, `name=value`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kubelet_args: Vec<String>,
+    /// Free-form table merged last into `config.yaml` (K3s option names as keys).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub extra_config: FreeTable,
+}
+
+/// `[k3s.sha256]`: release binary digests per architecture.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct K3sSha256 {
+    /// SHA-256 of `k3s` (x86_64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amd64: Option<String>,
+    /// SHA-256 of `k3s-arm64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm64: Option<String>,
+}
+
+/// A K3s packaged component that can be disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum K3sComponent {
+    /// The Traefik ingress controller.
+    Traefik,
+    /// The ServiceLB (klipper) load balancer.
+    Servicelb,
+    /// The local-path storage provisioner.
+    LocalStorage,
+    /// The metrics server.
+    MetricsServer,
+}
+
+/// Where a secret comes from at build time. Secrets are never written in a profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum SecretSource {
+    /// Read from a file (relative to the working directory).
+    File(PathBuf),
+    /// Read from an environment variable.
+    Env(String),
+    /// Decrypt a SOPS-encrypted file.
+    SopsFile(PathBuf),
+}
+
+/// `[cluster]`: cluster-wide identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Cluster {
+    /// Cluster name (used in kubeconfig and GitOps manifests).
+    pub name: String,
+    /// API server URL the agents and extra servers join; defaults to
+    /// `https://<vip or first server's IP>:6443`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_url: Option<String>,
+    /// Join token source: `{ file = "..." }`, `{ env = "VAR" }` or `{ sops-file = "..." }`.
+    /// Required when the cluster has agents or more than one server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<SecretSource>,
+    /// Virtual IP for the API server, announced by the control planes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
+}
+
+/// The CNI to install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CniKind {
+    /// Cilium, installed by K3s's helm controller (flannel, network policy and kube-proxy off).
+    Cilium,
+    /// No CNI: bring your own (K3s's flannel stays off).
+    None,
+}
+
+/// A vendored Helm chart for air-gapped installs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HelmChart {
+    /// Path to the chart archive (`.tgz`), relative to the working directory.
+    pub path: String,
+    /// SHA-256 of the archive (64 hex digits).
+    pub sha256: String,
+}
+
+/// `[cni]`: the CNI installed by K3s's helm controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Cni {
+    /// Which CNI.
+    pub kind: CniKind,
+    /// Chart version.
+    pub version: String,
+    /// Vendored chart instead of the upstream Helm repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chart: Option<HelmChart>,
+    /// Let Cilium replace kube-proxy (K3s runs without it).
+    pub kube_proxy_replacement: bool,
+    /// Announce LoadBalancer IPs with ARP (Cilium L2 announcements).
+    pub l2_announcements: bool,
+    /// CIDRs LoadBalancer services get their IPs from.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub lb_ip_pools: Vec<String>,
+    /// Free-form Helm values merged over labimg's defaults.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(with = "BTreeMap<String, serde_json::Value>")]
+    pub values: FreeTable,
+}
+
+/// The GitOps engine bootstrapped on the first server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GitopsEngine {
+    /// Flux v2.
+    Flux,
+    /// Argo CD.
+    Argocd,
+    /// No GitOps bootstrap.
+    None,
+}
+
+/// `[gitops]`: GitOps bootstrap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Gitops {
+    /// Which engine; anything but `none` needs `repo`.
+    pub engine: GitopsEngine,
+    /// Git repository URL the engine syncs from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// Branch to follow.
+    pub branch: String,
+    /// Folder inside the repository holding this cluster's manifests.
+    pub path: String,
+    /// Git credentials (a token) for a private repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SecretSource>,
+    /// SOPS age key the engine decrypts secrets with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sops_age_key: Option<SecretSource>,
+    /// Argo CD only: the root Application is an app of apps over `path`.
+    pub app_of_apps: bool,
+}
+
+/// A node's K3s role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Control plane (with embedded etcd when there is more than one).
+    Server,
+    /// Worker.
+    Agent,
+}
+
+/// `[[nodes]]`: one machine, recognised by MAC or Raspberry Pi serial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Node {
+    /// Hostname (RFC 1123 label or name), unique in the profile.
+    pub hostname: String,
+    /// MAC address of the boot interface, `aa:bb:cc:dd:ee:ff`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Raspberry Pi serial number, 8 or 16 hex digits. A node needs a MAC or a serial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// K3s role.
+    pub role: Role,
+    /// Static address with prefix length (`192.168.1.10/24`); DHCP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Default gateway for a static address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// DNS servers for a static address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// Node labels, `key = "value"`, added to `k3s.node-labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Node taints, `key=value:Effect`, added to `k3s.node-taints`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<String>,
+    /// Extra kernel arguments for this node only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_args: Vec<String>,
+}

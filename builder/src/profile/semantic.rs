@@ -1,0 +1,458 @@
+//! Checks of meaning on a structurally valid profile: consistency between sections,
+//! well-formed addresses and identifiers, uniqueness, quorum. Each problem points at the
+//! key it is about, in the file that set it.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use super::defaults;
+use super::problem::Problem;
+use super::source::{SValue, Sources};
+use super::{CniKind, GitopsEngine, Profile, Role};
+
+/// Collects problems against key paths, then locates them in the source tree.
+struct Report<'a> {
+    root: &'a SValue,
+    sources: &'a Sources,
+    out: &'a mut Vec<Problem>,
+}
+
+impl Report<'_> {
+    fn add(&mut self, path: &str, message: impl Into<String>) {
+        let segments: Vec<&str> = path
+            .split(['.', '[', ']'])
+            .filter(|s| !s.is_empty())
+            .collect();
+        // A default value has no place in any file: point at the nearest key that does.
+        let origin = (0..=segments.len())
+            .rev()
+            .find_map(|n| self.root.lookup(&segments[..n]).map(|(_, v)| v.origin))
+            .unwrap_or(self.root.origin);
+        self.out.push(self.sources.problem(origin, path, message));
+    }
+}
+
+/// Runs every semantic check, appending problems.
+pub(crate) fn check(p: &Profile, root: &SValue, sources: &Sources, out: &mut Vec<Problem>) {
+    let mut r = Report { root, sources, out };
+    check_target(p, &mut r);
+    check_packages(p, &mut r);
+    check_k3s(p, &mut r);
+    check_cluster(p, &mut r);
+    check_nodes(p, &mut r);
+    check_disk(p, &mut r);
+}
+
+fn check_target(p: &Profile, r: &mut Report<'_>) {
+    let want = defaults::arch_for(p.target.board);
+    if p.target.arch != want {
+        r.add(
+            "target.arch",
+            format!(
+                "arch '{}' does not match board: this board needs '{}'",
+                p.target.arch.as_str(),
+                want.as_str()
+            ),
+        );
+    }
+    if p.rpi.is_some() && p.target.board != super::Board::Rpi5 {
+        r.add("rpi", "[rpi] is only valid with target.board = \"rpi5\"");
+    }
+    if p.outputs.formats.is_empty() && !p.outputs.netboot {
+        r.add(
+            "outputs.formats",
+            "nothing to build: no disk format and netboot = false",
+        );
+    }
+}
+
+fn check_packages(p: &Profile, r: &mut Report<'_>) {
+    let d = &p.debian;
+    if !(d.mirror.starts_with("http://") || d.mirror.starts_with("https://")) {
+        r.add(
+            "debian.mirror",
+            format!("'{}' is not an http(s) URL", d.mirror),
+        );
+    }
+    if d.suites.is_empty() {
+        r.add("debian.suites", "at least one suite is needed");
+    }
+    for (i, s) in d.suites.iter().enumerate() {
+        if !is_word(s, |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'
+        }) {
+            r.add(
+                &format!("debian.suites[{i}]"),
+                format!("'{s}' is not a suite name"),
+            );
+        }
+    }
+    let mut check_spec = |path: &str, spec: &str| {
+        if let Err(e) = check_apt_spec(spec, &d.suites) {
+            r.add(path, e);
+        }
+    };
+    for (i, spec) in d.packages.iter().enumerate() {
+        check_spec(&format!("debian.packages[{i}]"), spec);
+    }
+    check_spec("kernel.package", p.kernel_package());
+    for (i, m) in p.kernel.modules.iter().enumerate() {
+        if !is_word(m, |c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            r.add(
+                &format!("kernel.modules[{i}]"),
+                format!("'{m}' is not a module name"),
+            );
+        }
+    }
+}
+
+/// `name`, `name/suite` or `name=version`, Debian package name rules.
+fn check_apt_spec(spec: &str, suites: &[String]) -> Result<(), String> {
+    let (name, suite) = match spec.split_once('/') {
+        Some((n, s)) => (n, Some(s)),
+        None => (spec.split_once('=').map_or(spec, |(n, _)| n), None),
+    };
+    let valid_name = name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && is_word(name, |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c)
+        });
+    if !valid_name {
+        return Err(format!(
+            "'{spec}' is not a package: expected name, name/suite or name=version"
+        ));
+    }
+    match suite {
+        Some(s) if !suites.iter().any(|x| x == s) => Err(format!(
+            "suite '{s}' is not in debian.suites ({})",
+            suites.join(", ")
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_k3s(p: &Profile, r: &mut Report<'_>) {
+    let k = &p.k3s;
+    if !is_k3s_version(&k.version) {
+        r.add(
+            "k3s.version",
+            format!(
+                "'{}' is not a K3s release tag like 'v1.36.4+k3s1'",
+                k.version
+            ),
+        );
+    }
+    for (arch, pin) in [("amd64", &k.sha256.amd64), ("arm64", &k.sha256.arm64)] {
+        if let Some(pin) = pin.as_deref().filter(|h| !is_sha256(h)) {
+            r.add(
+                &format!("k3s.sha256.{arch}"),
+                format!("'{pin}' is not a SHA-256 (64 hex digits)"),
+            );
+        }
+    }
+    if p.k3s_sha256().is_none() {
+        let arch = p.target.arch.as_str();
+        r.add(
+            &format!("k3s.sha256.{arch}"),
+            format!("the K3s binary for {arch} must be pinned by SHA-256"),
+        );
+    }
+    if !(k.url.starts_with("https://") || k.url.starts_with("http://")) {
+        r.add("k3s.url", format!("'{}' is not an http(s) URL", k.url));
+    }
+    for (path, cidr) in [
+        ("k3s.cluster-cidr", &k.cluster_cidr),
+        ("k3s.service-cidr", &k.service_cidr),
+    ] {
+        if let Err(e) = parse_cidr(cidr) {
+            r.add(path, e);
+        }
+    }
+    for (i, t) in k.node_taints.iter().enumerate() {
+        if let Err(e) = check_taint(t) {
+            r.add(&format!("k3s.node-taints[{i}]"), e);
+        }
+    }
+}
+
+fn check_cluster(p: &Profile, r: &mut Report<'_>) {
+    let c = &p.cluster;
+    if let Some(url) = c
+        .server_url
+        .as_deref()
+        .filter(|u| !u.starts_with("https://"))
+    {
+        r.add(
+            "cluster.server-url",
+            format!("'{url}' must be an https:// URL"),
+        );
+    }
+    if let Some(vip) = c.vip.as_deref().filter(|v| v.parse::<IpAddr>().is_err()) {
+        r.add("cluster.vip", format!("'{vip}' is not an IP address"));
+    }
+    let servers = p.servers().count();
+    let agents = p.nodes.len() - servers;
+    if c.token.is_none() && (agents > 0 || servers > 1) {
+        r.add("cluster.token", "a join token source is required when nodes join a cluster (agents or more than one server)");
+    }
+    let cni = &p.cni;
+    if cni.kind == CniKind::None
+        && (cni.kube_proxy_replacement || cni.l2_announcements || !cni.lb_ip_pools.is_empty())
+    {
+        r.add(
+            "cni.kind",
+            "kube-proxy-replacement, l2-announcements and lb-ip-pools need kind = \"cilium\"",
+        );
+    }
+    if let Some(sha) = cni
+        .chart
+        .as_ref()
+        .map(|c| &c.sha256)
+        .filter(|h| !is_sha256(h))
+    {
+        r.add(
+            "cni.chart.sha256",
+            format!("'{sha}' is not a SHA-256 (64 hex digits)"),
+        );
+    }
+    for (i, pool) in cni.lb_ip_pools.iter().enumerate() {
+        if let Err(e) = parse_cidr(pool) {
+            r.add(&format!("cni.lb-ip-pools[{i}]"), e);
+        }
+    }
+    let g = &p.gitops;
+    if g.engine != GitopsEngine::None && g.repo.as_deref().is_none_or(str::is_empty) {
+        r.add(
+            "gitops.repo",
+            "a repository is required when gitops.engine is not \"none\"",
+        );
+    }
+    if g.app_of_apps && g.engine != GitopsEngine::Argocd {
+        r.add(
+            "gitops.app-of-apps",
+            "app-of-apps needs engine = \"argocd\"",
+        );
+    }
+}
+
+fn check_nodes(p: &Profile, r: &mut Report<'_>) {
+    let mut seen: HashSet<(&str, String)> = HashSet::new();
+    let mut unique = |r: &mut Report<'_>, what: &'static str, path: String, value: String| {
+        if !seen.insert((what, value.clone())) {
+            r.add(&path, format!("duplicate {what} '{value}'"));
+        }
+    };
+    for (i, n) in p.nodes.iter().enumerate() {
+        let at = |k: &str| format!("nodes[{i}].{k}");
+        if !is_hostname(&n.hostname) {
+            r.add(
+                &at("hostname"),
+                format!("'{}' is not an RFC 1123 hostname", n.hostname),
+            );
+        }
+        unique(
+            r,
+            "hostname",
+            at("hostname"),
+            n.hostname.to_ascii_lowercase(),
+        );
+        if n.mac.is_none() && n.serial.is_none() {
+            r.add(
+                &at("hostname"),
+                "a node needs a mac or a serial to be recognised",
+            );
+        }
+        if let Some(mac) = &n.mac {
+            match normalize_mac(mac) {
+                Some(m) => unique(r, "mac", at("mac"), m),
+                None => r.add(
+                    &at("mac"),
+                    format!("'{mac}' is not a MAC address like aa:bb:cc:dd:ee:ff"),
+                ),
+            }
+        }
+        if let Some(serial) = &n.serial {
+            if p.target.board != super::Board::Rpi5 {
+                r.add(
+                    &at("serial"),
+                    "a Pi serial is only meaningful with target.board = \"rpi5\"",
+                );
+            }
+            if !((serial.len() == 8 || serial.len() == 16)
+                && serial.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                r.add(
+                    &at("serial"),
+                    format!("'{serial}' is not a Pi serial (8 or 16 hex digits)"),
+                );
+            } else {
+                // The firmware asks for the last 8 digits, so those must be unique too.
+                let short = serial[serial.len() - 8..].to_ascii_lowercase();
+                unique(r, "serial", at("serial"), short);
+            }
+        }
+        if let Some(ip) = &n.ip {
+            match parse_cidr(ip) {
+                Ok((addr, _)) => unique(r, "ip", at("ip"), addr.to_string()),
+                Err(e) => r.add(&at("ip"), e),
+            }
+        } else if n.gateway.is_some() || !n.dns.is_empty() {
+            r.add(&at("ip"), "gateway and dns need a static ip");
+        }
+        if let Some(gw) = n
+            .gateway
+            .as_deref()
+            .filter(|g| g.parse::<IpAddr>().is_err())
+        {
+            r.add(&at("gateway"), format!("'{gw}' is not an IP address"));
+        }
+        for (j, d) in n.dns.iter().enumerate() {
+            if d.parse::<IpAddr>().is_err() {
+                r.add(
+                    &format!("nodes[{i}].dns[{j}]"),
+                    format!("'{d}' is not an IP address"),
+                );
+            }
+        }
+        for (j, t) in n.taints.iter().enumerate() {
+            if let Err(e) = check_taint(t) {
+                r.add(&format!("nodes[{i}].taints[{j}]"), e);
+            }
+        }
+    }
+    if p.nodes.is_empty() {
+        return;
+    }
+    let servers = p.nodes.iter().filter(|n| n.role == Role::Server).count();
+    if servers == 0 {
+        r.add(
+            "nodes",
+            "no node has role = \"server\": a cluster needs at least one",
+        );
+    } else if servers > 1 && servers % 2 == 0 {
+        r.add(
+            "nodes",
+            format!("{servers} servers: use an odd number so etcd keeps quorum"),
+        );
+    }
+}
+
+fn check_disk(p: &Profile, r: &mut Report<'_>) {
+    let d = &p.disk;
+    let needed = d
+        .boot_size
+        .bytes()
+        .saturating_add(d.root_slot_size.bytes().saturating_mul(2));
+    if needed >= d.size.bytes() {
+        r.add(
+            "disk.size",
+            format!(
+                "{} leaves no room: boot ({}) and two root slots ({} each) need more",
+                d.size, d.boot_size, d.root_slot_size
+            ),
+        );
+    }
+}
+
+fn is_word(s: &str, ok: impl Fn(char) -> bool) -> bool {
+    !s.is_empty() && s.chars().all(ok)
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// `v<major>.<minor>.<patch>+k3s<n>`.
+fn is_k3s_version(v: &str) -> bool {
+    let Some((semver, build)) = v.strip_prefix('v').and_then(|r| r.split_once("+k3s")) else {
+        return false;
+    };
+    let parts: Vec<&str> = semver.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| is_word(p, |c| c.is_ascii_digit()))
+        && is_word(build, |c| c.is_ascii_digit())
+}
+
+/// RFC 1123: dot-separated labels of 1–63 letters, digits and inner hyphens, ≤ 253 in all.
+fn is_hostname(h: &str) -> bool {
+    h.len() <= 253
+        && h.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && is_word(l, |c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// `key=value:Effect` or `key:Effect` with a Kubernetes taint effect.
+fn check_taint(t: &str) -> Result<(), String> {
+    const EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
+    match t.rsplit_once(':') {
+        Some((kv, effect))
+            if EFFECTS.contains(&effect) && !kv.split('=').next().unwrap_or("").is_empty() =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "'{t}' is not a taint: expected key=value:Effect with Effect one of {}",
+            EFFECTS.join(", ")
+        )),
+    }
+}
+
+/// Parses `address/prefix`.
+pub(crate) fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let err = || format!("'{s}' is not an address with prefix length like 192.168.1.10/24");
+    let (addr, len) = s.split_once('/').ok_or_else(err)?;
+    let addr: IpAddr = addr.parse().map_err(|_| err())?;
+    let len: u8 = len.parse().map_err(|_| err())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(err());
+    }
+    Ok((addr, len))
+}
+
+/// `aa:bb:cc:dd:ee:ff` (or with `-`), in lowercase with colons.
+pub(crate) fn normalize_mac(s: &str) -> Option<String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    ok.then(|| parts.join(":").to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert!(is_hostname("pi-cp1") && is_hostname("node1.lab.example"));
+        assert!(!is_hostname("-bad") && !is_hostname("under_score") && !is_hostname(""));
+        assert!(
+            is_k3s_version("v1.36.4+k3s1")
+                && !is_k3s_version("1.36.4")
+                && !is_k3s_version("v1.36+k3s1")
+        );
+        assert_eq!(
+            normalize_mac("AA-bb-CC-00-11-22").as_deref(),
+            Some("aa:bb:cc:00:11:22")
+        );
+        assert!(normalize_mac("aa:bb:cc:00:11").is_none());
+        assert!(parse_cidr("10.0.0.1/24").is_ok() && parse_cidr("10.0.0.1/33").is_err());
+        assert!(parse_cidr("10.0.0.1").is_err() && parse_cidr("fd00::1/64").is_ok());
+        assert!(
+            check_taint("dedicated=gpu:NoSchedule").is_ok()
+                && check_taint("gpu:Sometimes").is_err()
+        );
+        let suites = ["trixie".to_owned(), "trixie-backports".to_owned()];
+        assert!(check_apt_spec("linux-image-arm64/trixie-backports", &suites).is_ok());
+        assert!(check_apt_spec("busybox-static=1:1.37.0-6", &suites).is_ok());
+        assert!(
+            check_apt_spec("foo/sid", &suites).is_err()
+                && check_apt_spec("Bad_Name", &suites).is_err()
+        );
+    }
+}

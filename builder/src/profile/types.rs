@@ -1,0 +1,181 @@
+//! The profile's typed model: one struct per TOML table, documented field by field.
+//!
+//! The `///` comments here are the reference documentation: they flow into the JSON
+//! schema (`profiles/profile.schema.json`) and into `profiles/REFERENCE.md`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use super::cluster::{
+    Cluster, Cni, CniKind, Gitops, GitopsEngine, HelmChart, K3s, K3sComponent, K3sSha256, Node,
+    Role, SecretSource,
+};
+pub use super::size::Size;
+
+/// A node image profile: everything needed to bake one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(title = "labimg profile")]
+pub struct Profile {
+    /// Image name; it names the output folder `images/<name>/` and the artifacts in it.
+    pub name: String,
+    /// One line saying what this profile is for (shown by `labimg profile list`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Parent profile this one is layered on, as a path relative to this file
+    /// (for example `"base.toml"`). Tables merge key by key; scalars and arrays
+    /// replace the parent's. Absent from a resolved profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
+    /// The hardware the image boots on.
+    pub target: Target,
+    /// Where the node's Debian packages come from.
+    #[serde(default)]
+    pub debian: Debian,
+    /// The kernel package and what its initramfs must carry.
+    #[serde(default)]
+    pub kernel: Kernel,
+    /// The K3s release and its configuration.
+    pub k3s: K3s,
+    /// Cluster-wide identity: name, API endpoint, join token.
+    #[serde(default)]
+    pub cluster: Cluster,
+    /// The CNI installed by K3s's helm controller.
+    #[serde(default)]
+    pub cni: Cni,
+    /// GitOps bootstrap: which engine and which repository it syncs.
+    #[serde(default)]
+    pub gitops: Gitops,
+    /// The nodes this image knows by MAC or Pi serial (an embedded node table).
+    /// May be empty when nodes get their identity from the netboot server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<Node>,
+    /// Disk image geometry.
+    #[serde(default)]
+    pub disk: Disk,
+    /// What the build writes.
+    #[serde(default)]
+    pub outputs: Outputs,
+    /// Raspberry Pi boot settings; only valid with `target.board = "rpi5"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpi: Option<Rpi>,
+}
+
+/// CPU architecture of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// x86_64.
+    Amd64,
+    /// aarch64.
+    Arm64,
+}
+
+/// The board family: decides partition layout, boot files and kernel arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Board {
+    /// Proxmox (or any QEMU/KVM) virtual machine booting with UEFI (OVMF).
+    Proxmox,
+    /// Raspberry Pi 5.
+    Rpi5,
+}
+
+/// `[target]`: the hardware the image boots on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Target {
+    /// CPU architecture; must match the board (`rpi5` is `arm64`, `proxmox` is `amd64`).
+    pub arch: Arch,
+    /// Board family.
+    pub board: Board,
+    /// Serial console for kernel and init output, as in `console=`. Default per board:
+    /// `ttyS0` for proxmox, `ttyAMA10,115200` for rpi5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<String>,
+}
+
+/// `[debian]`: where the node's packages come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Debian {
+    /// Debian mirror URL.
+    pub mirror: String,
+    /// Suites to read, in order of preference (for example `["trixie", "trixie-backports"]`).
+    /// A package comes from the first suite that has it unless pinned with `name/suite`.
+    pub suites: Vec<String>,
+    /// Extra packages to install, apt style: `name`, `name/suite` or `name=version`.
+    pub packages: Vec<String>,
+}
+
+/// `[kernel]`: the kernel package and what its initramfs must carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Kernel {
+    /// Kernel package, apt style (`name` or `name/suite`). Default per board:
+    /// `linux-image-cloud-amd64` for proxmox, `linux-image-arm64/trixie-backports` for rpi5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    /// Extra kernel command-line arguments, appended after labimg's own.
+    pub cmdline: Vec<String>,
+    /// Kernel modules the initramfs must carry and load before root is mounted
+    /// (their dependencies are added automatically).
+    pub modules: Vec<String>,
+}
+
+/// `[disk]`: disk image geometry. Sizes are human sizes: `"4GiB"`, `"512MiB"`, `"1G"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Disk {
+    /// Total size of the disk image; STATE grows to fill the real disk on first boot.
+    pub size: Size,
+    /// Size of each root slot (A and B).
+    pub root_slot_size: Size,
+    /// Size of the boot partition (ESP on proxmox, FAT boot partition on rpi5).
+    pub boot_size: Size,
+}
+
+/// A disk image format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ImageFormat {
+    /// Raw disk image compressed with xz (for `dd` or the Raspberry Pi Imager).
+    #[serde(rename = "raw.xz")]
+    RawXz,
+    /// QEMU copy-on-write image (for Proxmox `qm importdisk`).
+    #[serde(rename = "qcow2")]
+    Qcow2,
+}
+
+/// `[outputs]`: what the build writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Outputs {
+    /// Disk image formats to write.
+    pub formats: Vec<ImageFormat>,
+    /// Also write netboot artifacts (kernel, initramfs, root image, iPXE script).
+    pub netboot: bool,
+    /// Output folder, instead of `images/<name>/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+}
+
+/// `[rpi]`: Raspberry Pi 5 boot settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Rpi {
+    /// Extra lines appended verbatim to `config.txt`.
+    pub config_txt: Vec<String>,
+    /// Device tree overlays to enable (`dtoverlay=<name>` lines).
+    pub dtoverlays: Vec<String>,
+    /// Run the PCIe slot at Gen 3 speed (`dtparam=pciex1_gen=3`).
+    pub pcie_gen3: bool,
+    /// The image is meant to boot from NVMe (sets the boot order hints).
+    pub nvme_boot: bool,
+    /// Copy the kernel package's `overlays/` to the boot partition.
+    pub overlays: bool,
+}
+
+/// A free-form table (values merged verbatim into a generated config file).
+pub type FreeTable = BTreeMap<String, toml::Value>;

@@ -1,0 +1,305 @@
+//! Loading profiles: inheritance, `--set`, and problems reported all at once with
+//! file, line, column and key path.
+
+use std::path::{Path, PathBuf};
+
+use labimg_builder::profile::{self, Arch, Board, GitopsEngine, ProfileErrors};
+
+fn profiles_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../profiles")
+}
+
+/// Writes `files` into a fresh folder and returns it.
+fn write(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+fn errors(name: &str, dir: &Path, sets: &[&str]) -> ProfileErrors {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    match profile::load(name, dir, &sets) {
+        Ok(p) => panic!("expected problems, loaded {p:?}"),
+        Err(e) => e,
+    }
+}
+
+const MINIMAL: &str = r#"name = "mini"
+[target]
+arch = "amd64"
+board = "proxmox"
+[k3s]
+version = "v1.36.4+k3s1"
+sha256.amd64 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
+"#;
+
+#[test]
+fn a_typo_and_a_wrong_type_are_both_reported_with_their_lines() {
+    let dir = write(&[(
+        "x.toml",
+        r#"name = "x"
+
+[target]
+arch = "amd64"
+board = "proxmox"
+
+[k3s]
+verison = "v1.36.4+k3s1"
+sha256.amd64 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
+
+[outputs]
+netboot = "yes"
+"#,
+    )]);
+    let e = errors("x", dir.path(), &[]);
+    let file = dir.path().join("x.toml").display().to_string();
+    let text = e.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.contains(
+            &format!("{file}:8:1: k3s.verison: unknown key; did you mean 'version'?").as_str()
+        ),
+        "{text}"
+    );
+    assert!(
+        lines.contains(
+            &format!("{file}:12:11: outputs.netboot: expected a boolean, found a string").as_str()
+        ),
+        "{text}"
+    );
+    // The misspelt key leaves the real one missing: that is reported too, at the table.
+    assert!(
+        lines.contains(&format!("{file}:7:1: k3s.version: missing required key").as_str()),
+        "{text}"
+    );
+    assert_eq!(e.0.len(), 3, "{text}");
+}
+
+#[test]
+fn bad_enum_values_list_the_allowed_ones() {
+    let dir = write(&[(
+        "e.toml",
+        &MINIMAL.replace("board = \"proxmox\"", "board = \"rpi4\""),
+    )]);
+    let e = errors("e", dir.path(), &[]);
+    let p = &e.0[0];
+    assert_eq!(
+        (p.path.as_str(), p.location.line, p.location.column),
+        ("target.board", 4, 9)
+    );
+    assert_eq!(
+        p.message,
+        "invalid value 'rpi4': expected one of 'proxmox', 'rpi5'"
+    );
+    assert_eq!(p.hint.as_deref(), Some("did you mean 'rpi5'?"));
+}
+
+#[test]
+fn a_problem_in_a_parent_names_the_parent_file_and_line() {
+    let dir = write(&[
+        (
+            "base.toml",
+            "name = \"base\"\n[k3s]\nversion = \"v1.36.4+k3s1\"\ncluster-cidr = \"10.42.0.0/40\"\nflavour = 1\n",
+        ),
+        (
+            "sub/child.toml",
+            "extends = \"../base.toml\"\nname = \"child\"\n[target]\narch = \"amd64\"\nboard = \"proxmox\"\n[k3s.sha256]\namd64 = \"00\"\n",
+        ),
+    ]);
+    let e = errors(
+        dir.path().join("sub/child.toml").to_str().unwrap(),
+        dir.path(),
+        &[],
+    );
+    let base = dir.path().join("base.toml").display().to_string();
+    let child = dir.path().join("sub/child.toml").display().to_string();
+    let text = e.to_string();
+    // Structural problems stop before the semantic pass; the unknown key is in the parent.
+    assert_eq!(text, format!("{base}:5:1: k3s.flavour: unknown key"));
+    std::fs::write(
+        dir.path().join("base.toml"),
+        "name = \"base\"\n[k3s]\nversion = \"v1.36.4+k3s1\"\ncluster-cidr = \"10.42.0.0/40\"\n",
+    )
+    .unwrap();
+    let e = errors(
+        dir.path().join("sub/child.toml").to_str().unwrap(),
+        dir.path(),
+        &[],
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!(
+            "{base}:4:16: k3s.cluster-cidr: '10.42.0.0/40' is not an address"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{child}:7:9: k3s.sha256.amd64: '00' is not a SHA-256"
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn extends_cycles_and_missing_parents_are_errors() {
+    let dir = write(&[
+        ("a.toml", "extends = \"b.toml\"\nname = \"a\"\n"),
+        ("b.toml", "extends = \"a.toml\"\nname = \"b\"\n"),
+        ("c.toml", "extends = \"nope.toml\"\nname = \"c\"\n"),
+    ]);
+    let text = errors("a", dir.path(), &[]).to_string();
+    assert!(
+        text.contains("b.toml:1:11: extends: extends cycle:"),
+        "{text}"
+    );
+    let text = errors("c", dir.path(), &[]).to_string();
+    assert!(
+        text.contains("c.toml:1:11: extends: cannot read profile"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sets_override_values_as_toml_or_as_strings_and_are_checked_too() {
+    let sets = [
+        "k3s.version=v1.33.5+k3s1",
+        "cni.kube-proxy-replacement=true",
+        "disk.size=\"16GiB\"",
+        "cluster.vip=10.1.1.1",
+    ];
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let p = profile::load("proxmox", &profiles_dir(), &sets).unwrap();
+    assert_eq!(p.k3s.version, "v1.33.5+k3s1");
+    assert!(p.cni.kube_proxy_replacement);
+    assert_eq!(p.disk.size.bytes(), 16 << 30);
+    assert_eq!(p.server_url().as_deref(), Some("https://10.1.1.1:6443"));
+    let text = errors(
+        "proxmox",
+        &profiles_dir(),
+        &["k3s.verison=x", "outputs.netboot=maybe"],
+    )
+    .to_string();
+    assert!(
+        text.contains("--set:1:1: k3s.verison: unknown key; did you mean 'version'?"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--set:1:17: outputs.netboot: expected a boolean, found a string"),
+        "{text}"
+    );
+}
+
+#[test]
+fn semantic_problems_are_all_reported_at_once() {
+    let text = format!(
+        "{MINIMAL}{}",
+        r#"[gitops]
+engine = "flux"
+app-of-apps = true
+[[nodes]]
+hostname = "cp_1"
+mac = "bc:24:11:00:00:0g"
+role = "server"
+[[nodes]]
+hostname = "cp2"
+mac = "BC-24-11-00-00-02"
+serial = "1234"
+role = "server"
+ip = "10.0.0.2"
+[[nodes]]
+hostname = "w1"
+mac = "bc:24:11:00:00:02"
+role = "agent"
+"#
+    );
+    let dir = write(&[("s.toml", &text)]);
+    let e = errors("s", dir.path(), &[]);
+    let got: Vec<(String, usize)> =
+        e.0.iter()
+            .map(|p| (p.path.clone(), p.location.line))
+            .collect();
+    let want: Vec<(String, usize)> = [
+        ("nodes", 11),      // two servers: no etcd quorum (reported at the first [[nodes]])
+        ("gitops.repo", 8), // missing: reported at [gitops]
+        ("gitops.app-of-apps", 10),
+        ("nodes[0].hostname", 12),
+        ("nodes[0].mac", 13),
+        ("nodes[1].serial", 18),
+        ("nodes[1].serial", 18), // wrong length, and a serial on a proxmox board
+        ("nodes[1].ip", 20),
+        ("nodes[2].mac", 23), // same MAC as nodes[1], written differently
+        ("cluster.token", 1), // agents need a token; [cluster] is not written at all
+    ]
+    .iter()
+    .map(|(p, l)| (p.to_string(), *l))
+    .collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(got_sorted, want_sorted, "{e}");
+}
+
+#[test]
+fn shipped_profiles_have_the_expected_shape() {
+    let pi5 = profile::load("pi5", &profiles_dir(), &[]).unwrap();
+    assert_eq!(
+        (pi5.target.arch, pi5.target.board),
+        (Arch::Arm64, Board::Rpi5)
+    );
+    assert_eq!(pi5.suites(), ["trixie", "trixie-backports"]);
+    assert_eq!(pi5.kernel_package(), "linux-image-arm64/trixie-backports");
+    assert_eq!(
+        pi5.k3s_url(),
+        "https://github.com/k3s-io/k3s/releases/download/v1.36.4%2Bk3s1/k3s-arm64"
+    );
+    assert_eq!(pi5.k3s_sha256().map(str::len), Some(64));
+    let ha = profile::load("examples/ha-cilium-argocd.toml", &profiles_dir(), &[]);
+    // Paths are relative to the working directory; tests run in builder/.
+    let ha = ha
+        .or_else(|_| {
+            profile::load(
+                profiles_dir()
+                    .join("examples/ha-cilium-argocd.toml")
+                    .to_str()
+                    .unwrap(),
+                &profiles_dir(),
+                &[],
+            )
+        })
+        .unwrap();
+    assert_eq!(ha.servers().count(), 3);
+    assert_eq!(ha.gitops.engine, GitopsEngine::Argocd);
+    assert_eq!(
+        ha.server_url().as_deref(),
+        Some("https://192.168.20.10:6443")
+    );
+    assert_eq!(
+        ha.nodes[0].address().map(|(a, l)| (a.to_string(), l)),
+        Some(("192.168.20.11".into(), 24))
+    );
+}
+
+#[test]
+fn literal_secrets_and_malformed_sizes_are_rejected() {
+    let text = format!(
+        "{MINIMAL}[cluster]\ntoken = {{ value = \"s3cret\" }}\n[disk]\nsize = \"4 parsecs\"\n"
+    );
+    let dir = write(&[("t.toml", &text)]);
+    let e = errors("t", dir.path(), &[]);
+    let text = e.to_string();
+    assert!(
+        text.contains(":9:11: cluster.token.value: unknown key; expected one of { file = ... }, { env = ... }, { sops-file = ... }"),
+        "{text}"
+    );
+    assert!(
+        text.contains(":11:8: disk.size: invalid size '4 parsecs'"),
+        "{text}"
+    );
+    assert_eq!(e.0.len(), 2, "{text}");
+}
