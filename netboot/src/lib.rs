@@ -1,1 +1,227 @@
-//! labimg netboot appliance: DHCP, TFTP, HTTP, inventory and boot events.
+//! labimg netboot appliance: DHCP (proxy or full), TFTP and HTTP in one process, an
+//! inventory of nodes, per-node config bundles and a log of boot events.
+//!
+//! The CLI builds a [`ServeOptions`] and calls [`serve`]; tests build a [`Shared`]
+//! and drive the pieces ([`http::router`], [`tftp::Tftp`], [`dhcp::DhcpServer`]) directly.
+
+pub mod boot;
+pub mod dhcp;
+pub mod events;
+pub mod http;
+pub mod images;
+pub mod inventory;
+pub mod metrics;
+pub mod net;
+pub mod tftp;
+pub mod tokens;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, Result};
+
+pub use dhcp::DhcpMode;
+
+/// Options of `labimg serve`.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Builder output directory (`<dir>/<profile>/netboot/…`).
+    pub images: PathBuf,
+    /// Inventory TOML file.
+    pub inventory: PathBuf,
+    /// Interface to serve on: binds DHCP to it and derives the advertised IP and MTU.
+    pub interface: Option<String>,
+    /// DHCP mode: proxy (default), full or off.
+    pub dhcp: DhcpMode,
+    /// Address the DHCP sockets bind to.
+    pub dhcp_bind: Ipv4Addr,
+    /// DHCP server port (67).
+    pub dhcp_port: u16,
+    /// PXE boot-server port (4011); 0 disables it.
+    pub pxe_port: u16,
+    /// DHCP client port replies are broadcast to (68).
+    pub dhcp_client_port: u16,
+    /// TFTP listen address (0.0.0.0:69); port 0 disables TFTP.
+    pub tftp_addr: SocketAddr,
+    /// HTTP listen address (0.0.0.0:80).
+    pub http_addr: SocketAddr,
+    /// IP put in next-server, option 54/66 and URLs; from the interface if not given.
+    pub advertise: Option<Ipv4Addr>,
+    /// Full mode: first address of the pool.
+    pub pool_start: Option<Ipv4Addr>,
+    /// Full mode: last address of the pool.
+    pub pool_end: Option<Ipv4Addr>,
+    /// Full mode: subnet mask handed out (255.255.255.0).
+    pub subnet_mask: Ipv4Addr,
+    /// Full mode: router handed out, if any.
+    pub router: Option<Ipv4Addr>,
+    /// Full mode: DNS servers handed out.
+    pub dns: Vec<Ipv4Addr>,
+    /// Full mode: lease time in seconds (3600).
+    pub lease_secs: u32,
+    /// Full mode: lease file (default `<state-dir>/leases.json`).
+    pub lease_file: Option<PathBuf>,
+    /// State directory for tokens and leases (`/var/lib/labimg`).
+    pub state_dir: PathBuf,
+    /// iPXE binaries (default `<images>/ipxe`).
+    pub ipxe_dir: Option<PathBuf>,
+    /// Most concurrent TFTP transfers (64).
+    pub tftp_max_transfers: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            images: PathBuf::from("images"),
+            inventory: PathBuf::from("inventory.toml"),
+            interface: None,
+            dhcp: DhcpMode::Proxy,
+            dhcp_bind: Ipv4Addr::UNSPECIFIED,
+            dhcp_port: 67,
+            pxe_port: 4011,
+            dhcp_client_port: 68,
+            tftp_addr: SocketAddr::from(([0, 0, 0, 0], 69)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 80)),
+            advertise: None,
+            pool_start: None,
+            pool_end: None,
+            subnet_mask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: Vec::new(),
+            lease_secs: 3600,
+            lease_file: None,
+            state_dir: PathBuf::from("/var/lib/labimg"),
+            ipxe_dir: None,
+            tftp_max_transfers: 64,
+        }
+    }
+}
+
+/// Settings every service reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Advertised server IP.
+    pub advertise: Ipv4Addr,
+    /// Advertised HTTP port.
+    pub http_port: u16,
+    /// Image directory.
+    pub images: images::Images,
+    /// iPXE binaries directory.
+    pub ipxe_dir: PathBuf,
+}
+
+/// State shared by DHCP, TFTP and HTTP.
+pub struct Shared {
+    /// Static settings.
+    pub cfg: Config,
+    /// Current inventory (swapped on reload).
+    pub inventory: Arc<RwLock<Arc<inventory::Inventory>>>,
+    /// Per-node tokens.
+    pub tokens: tokens::TokenStore,
+    /// Boot events.
+    pub events: events::EventLog,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
+}
+
+impl Shared {
+    /// Builds the shared state; tokens live in `state_dir`.
+    pub fn new(
+        cfg: Config,
+        inv: inventory::Inventory,
+        state_dir: &std::path::Path,
+    ) -> Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            cfg,
+            inventory: Arc::new(RwLock::new(Arc::new(inv))),
+            tokens: tokens::TokenStore::open(state_dir)?,
+            events: Default::default(),
+            metrics: Default::default(),
+        }))
+    }
+
+    /// A snapshot of the current inventory.
+    pub fn inventory(&self) -> Arc<inventory::Inventory> {
+        self.inventory.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// `http://<ip>[:<port>]`.
+    pub fn http_base(&self) -> String {
+        match self.cfg.http_port {
+            80 => format!("http://{}", self.cfg.advertise),
+            p => format!("http://{}:{p}", self.cfg.advertise),
+        }
+    }
+}
+
+/// Runs the appliance until SIGINT or SIGTERM.
+pub fn serve(opts: ServeOptions) -> Result<()> {
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(serve_async(opts))
+}
+
+/// Async form of [`serve`].
+pub async fn serve_async(opts: ServeOptions) -> Result<()> {
+    let inv = inventory::Inventory::load(&opts.inventory)?;
+    let iface = opts
+        .interface
+        .as_deref()
+        .map(net::interface_info)
+        .transpose()?;
+    let advertise = match (opts.advertise, &iface) {
+        (Some(ip), _) => ip,
+        (None, Some(i)) => i.ipv4,
+        (None, None) => anyhow::bail!(
+            "give --advertise or --interface: the server's IP goes into every boot URL"
+        ),
+    };
+    let cfg = Config {
+        advertise,
+        http_port: opts.http_addr.port(),
+        images: images::Images {
+            dir: opts.images.clone(),
+        },
+        ipxe_dir: opts
+            .ipxe_dir
+            .clone()
+            .unwrap_or_else(|| opts.images.join("ipxe")),
+    };
+    let shared = Shared::new(cfg, inv, &opts.state_dir)?;
+    tokio::spawn(inventory::watch(
+        opts.inventory.clone(),
+        shared.inventory.clone(),
+        std::time::Duration::from_secs(2),
+    ));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let listener = tokio::net::TcpListener::bind(opts.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP to {}", opts.http_addr))?;
+    tracing::info!("HTTP on {}", opts.http_addr);
+    let app = http::router(shared.clone());
+    tasks.spawn(async move { axum::serve(listener, app).await.context("HTTP server") });
+    if opts.tftp_addr.port() != 0 {
+        let mtu = iface.as_ref().map(|i| i.mtu);
+        let tftp =
+            tftp::Tftp::bind(opts.tftp_addr, shared.clone(), opts.tftp_max_transfers, mtu).await?;
+        tracing::info!("TFTP on {}", opts.tftp_addr);
+        tasks.spawn(async move { tftp.run().await });
+    }
+    if opts.dhcp != DhcpMode::Off {
+        let server = dhcp::DhcpServer::bind(&opts, shared.clone()).await?;
+        tasks.spawn(async move { server.run().await });
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        Some(r) = tasks.join_next() => {
+            r.context("service task panicked")??;
+        }
+    }
+    tasks.abort_all();
+    Ok(())
+}

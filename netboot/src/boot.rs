@@ -1,0 +1,111 @@
+//! What a machine boots: the kernel command line, the per-node iPXE script and the
+//! Raspberry Pi `cmdline.txt`, all rendered from the inventory decision and the
+//! profile's `netboot.json`.
+
+use anyhow::Result;
+
+use crate::Shared;
+use crate::images::NetbootInfo;
+use crate::inventory::{Decision, Mac};
+
+/// Everything needed to boot one machine.
+#[derive(Debug, Clone)]
+pub struct BootTarget {
+    /// Host name (known nodes only).
+    pub hostname: Option<String>,
+    /// Profile to boot.
+    pub profile: String,
+    /// The profile's netboot description.
+    pub info: NetbootInfo,
+    /// Inventory kernel arguments, appended last.
+    pub kernel_args: String,
+    /// Identifier used in the config URL: the MAC, or the Pi serial when the node is
+    /// known only by serial.
+    pub config_id: Option<String>,
+    /// The node's config token.
+    pub token: Option<String>,
+}
+
+/// Resolves a decision to a boot target; `None` for ignored machines.
+pub fn target(
+    shared: &Shared,
+    decision: &Decision,
+    mac: Option<&Mac>,
+) -> Result<Option<BootTarget>> {
+    match decision {
+        Decision::Ignore => Ok(None),
+        Decision::DefaultBoot {
+            profile,
+            kernel_args,
+        } => Ok(Some(BootTarget {
+            hostname: None,
+            profile: profile.clone(),
+            info: shared.cfg.images.info(profile)?,
+            kernel_args: kernel_args.clone(),
+            config_id: None,
+            token: None,
+        })),
+        Decision::Known(n) => {
+            let config_id = mac
+                .copied()
+                .or(n.mac)
+                .map(|m| m.to_string())
+                .or_else(|| n.serial.clone());
+            Ok(Some(BootTarget {
+                hostname: Some(n.hostname.clone()),
+                profile: n.profile.clone(),
+                info: shared.cfg.images.info(&n.profile)?,
+                kernel_args: n.kernel_args.clone(),
+                config_id,
+                token: Some(shared.tokens.token_for(&n.hostname, n.token.as_deref())?),
+            }))
+        }
+    }
+}
+
+/// The node's full kernel command line: labimg parameters, then the profile's
+/// cmdline, then the inventory's kernel args.
+pub fn kernel_cmdline(shared: &Shared, t: &BootTarget) -> String {
+    let base = shared.http_base();
+    let mut args = vec![
+        format!(
+            "labimg.root.url={base}/images/{}/{}",
+            t.profile, t.info.root
+        ),
+        format!("labimg.root.sha256={}", t.info.root_sha256),
+        format!("labimg.root.size={}", t.info.root_size),
+    ];
+    if let (Some(id), Some(token)) = (&t.config_id, &t.token) {
+        args.push(format!("labimg.config={base}/v1/nodes/{id}/config"));
+        args.push(format!("labimg.token={token}"));
+    }
+    args.push(format!("labimg.events={base}/v1/events"));
+    for extra in [&t.info.cmdline, &t.kernel_args] {
+        if !extra.trim().is_empty() {
+            args.push(extra.trim().to_string());
+        }
+    }
+    args.join(" ")
+}
+
+/// The iPXE script for a MAC.
+pub fn ipxe_script(shared: &Shared, mac: &Mac) -> Result<String> {
+    let decision = shared.inventory().decide(Some(mac), None);
+    let Some(t) = target(shared, &decision, Some(mac))? else {
+        return Ok(format!(
+            "#!ipxe\necho labimg: {mac} is not in the inventory, leaving it alone\nexit\n"
+        ));
+    };
+    let base = shared.http_base();
+    let who = t
+        .hostname
+        .clone()
+        .unwrap_or_else(|| format!("unknown machine {mac}"));
+    Ok(format!(
+        "#!ipxe\necho labimg: booting {who} with profile {p}\nkernel {base}/images/{p}/{k} initrd={i} {cmd}\ninitrd {base}/images/{p}/{i}\nboot\n",
+        p = t.profile,
+        k = t.info.kernel,
+        i = t.info.initrd,
+        cmd = kernel_cmdline(shared, &t),
+    ))
+}

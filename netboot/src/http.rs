@@ -1,0 +1,243 @@
+//! The HTTP side: iPXE scripts, artifacts (with Range), per-node config bundles,
+//! boot events, the node list, metrics and health. The whole route table is
+//! [`router`].
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use crate::Shared;
+use crate::events::EventIn;
+use crate::images::is_plain_name;
+use crate::inventory::Mac;
+
+type S = State<Arc<Shared>>;
+
+/// The route table.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/boot.ipxe", get(boot_ipxe))
+        .route("/images/{profile}/{file}", get(image_file))
+        .route("/ipxe/{file}", get(ipxe_file))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}/config", get(node_config))
+        .route("/v1/events", post(post_event))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            count_requests,
+        ))
+        .with_state(shared)
+}
+
+async fn count_requests(State(s): S, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let resp = next.run(req).await;
+    s.metrics.inc(
+        "labimg_http_requests_total",
+        &[("route", &route), ("status", resp.status().as_str())],
+    );
+    resp
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+fn internal(e: anyhow::Error) -> Response {
+    tracing::error!("{e:#}");
+    text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n"))
+}
+
+#[derive(Deserialize)]
+struct MacQuery {
+    mac: Option<String>,
+}
+
+async fn boot_ipxe(State(s): S, Query(q): Query<MacQuery>) -> Response {
+    let Some(Ok(mac)) = q.mac.as_deref().map(str::parse::<Mac>) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "#!ipxe\necho labimg: boot.ipxe needs ?mac=<MAC>\nexit 1\n",
+        );
+    };
+    match crate::boot::ipxe_script(&s, &mac) {
+        Ok(script) => text(StatusCode::OK, script),
+        Err(e) => internal(e),
+    }
+}
+
+/// Serves `root/name` with Range support, refusing names or symlinks leading out.
+async fn serve_under(root: std::path::PathBuf, name: &str, req: Request) -> Response {
+    if !is_plain_name(name) {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    let (Ok(root), Ok(real)) = (root.canonicalize(), root.join(name).canonicalize()) else {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    };
+    if !real.starts_with(&root) || !real.is_file() {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    match ServeFile::new(real).oneshot(req).await {
+        Ok(r) => r.map(Body::new),
+        Err(e) => internal(anyhow::anyhow!("serving {name}: {e}")),
+    }
+}
+
+async fn image_file(
+    State(s): S,
+    Path((profile, file)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    match s.cfg.images.netboot_dir(&profile) {
+        Ok(dir) => serve_under(dir, &file, req).await,
+        Err(_) => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn ipxe_file(State(s): S, Path(file): Path<String>, req: Request) -> Response {
+    let dir = s.cfg.ipxe_dir.clone();
+    let name = if file == "ipxe.efi" && !dir.join("ipxe.efi").exists() {
+        "ipxe-amd64.efi".to_string()
+    } else {
+        file
+    };
+    serve_under(dir, &name, req).await
+}
+
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    h.get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Compares without an early exit so timing does not leak the matching prefix.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+async fn node_config(State(s): S, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let inv = s.inventory();
+    let node = match id.parse::<Mac>() {
+        Ok(mac) => inv.by_mac(&mac),
+        Err(_) => inv.by_serial(&id),
+    };
+    let Some(node) = node else {
+        return text(StatusCode::NOT_FOUND, "unknown node\n");
+    };
+    let token = match s.tokens.token_for(&node.hostname, node.token.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return internal(e),
+    };
+    if !bearer(&headers).is_some_and(|b| same(b, &token)) {
+        s.metrics.inc("labimg_config_denied_total", &[]);
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "token required\n",
+        )
+            .into_response();
+    }
+    let dir = match s.cfg.images.node_dir(&node.profile, &node.hostname) {
+        Ok(d) if d.is_dir() => d,
+        _ => {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("no config bundle rendered for {}\n", node.hostname),
+            );
+        }
+    };
+    let tar = match crate::images::tar_dir(&dir) {
+        Ok(t) => t,
+        Err(e) => return internal(e),
+    };
+    if node.once {
+        match s.tokens.consume(&node.hostname) {
+            Ok(true) => {}
+            Ok(false) => return text(StatusCode::GONE, "config already fetched (once = true)\n"),
+            Err(e) => return internal(e),
+        }
+    }
+    tracing::info!(hostname = %node.hostname, "config bundle served");
+    ([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response()
+}
+
+async fn post_event(State(s): S, Json(e): Json<EventIn>) -> Response {
+    match e.validate() {
+        Ok(ev) => {
+            s.metrics
+                .inc("labimg_events_total", &[("stage", &ev.stage)]);
+            s.events.record(ev);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(msg) => text(StatusCode::BAD_REQUEST, format!("{msg}\n")),
+    }
+}
+
+async fn list_nodes(State(s): S) -> Response {
+    let inv = s.inventory();
+    // A node known only by Pi serial is matched to its events by the host name it reports.
+    let owner = |m: &Mac| {
+        inv.by_mac(m).map(|n| n.hostname.clone()).or_else(|| {
+            s.events
+                .of(m)
+                .iter()
+                .rev()
+                .find(|e| inv.by_hostname(&e.hostname).is_some())
+                .map(|e| e.hostname.clone())
+        })
+    };
+    let macs = s.events.macs();
+    let nodes: Vec<_> = inv
+        .nodes
+        .iter()
+        .map(|n| {
+            let events: Vec<_> = macs
+                .iter()
+                .filter(|m| owner(m).as_deref() == Some(n.hostname.as_str()))
+                .flat_map(|m| s.events.of(m))
+                .collect();
+            serde_json::json!({"node": n, "events": events})
+        })
+        .collect();
+    let unknown: Vec<_> = macs
+        .iter()
+        .filter(|m| owner(m).is_none())
+        .map(|m| serde_json::json!({"mac": m, "events": s.events.of(m)}))
+        .collect();
+    Json(serde_json::json!({"nodes": nodes, "unknown": unknown})).into_response()
+}
+
+async fn metrics(State(s): S) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}

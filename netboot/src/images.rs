@@ -1,0 +1,120 @@
+//! The image directory written by the builder: `<dir>/<profile>/netboot/netboot.json`
+//! and the artifacts beside it, plus the per-node config directories.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// `netboot.json`, the builder's description of a profile's netboot artifacts.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct NetbootInfo {
+    /// Profile name.
+    pub profile: String,
+    /// `amd64` or `arm64`.
+    pub arch: String,
+    /// `proxmox` or `rpi5`.
+    pub board: String,
+    /// Kernel file name in `netboot/`.
+    pub kernel: String,
+    /// Initramfs file name in `netboot/`.
+    pub initrd: String,
+    /// Root image file name in `netboot/`.
+    pub root: String,
+    /// SHA-256 of the root image, hex.
+    pub root_sha256: String,
+    /// Size of the root image in bytes.
+    pub root_size: u64,
+    /// Profile kernel command line.
+    pub cmdline: String,
+}
+
+/// True for a single safe path component (no separators, no dot-dot, no hidden names).
+pub fn is_plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && !s.contains('/')
+        && !s.contains('\\')
+        && !s.contains('\0')
+}
+
+/// Accessor for the builder's output directory.
+#[derive(Debug, Clone)]
+pub struct Images {
+    /// The `--images` directory.
+    pub dir: PathBuf,
+}
+
+impl Images {
+    /// `<dir>/<profile>/netboot`.
+    pub fn netboot_dir(&self, profile: &str) -> Result<PathBuf> {
+        if !is_plain_name(profile) {
+            bail!("invalid profile name {profile:?}");
+        }
+        Ok(self.dir.join(profile).join("netboot"))
+    }
+
+    /// Reads `<profile>/netboot/netboot.json`.
+    pub fn info(&self, profile: &str) -> Result<NetbootInfo> {
+        let p = self.netboot_dir(profile)?.join("netboot.json");
+        let b = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+        serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display()))
+    }
+
+    /// `<dir>/<profile>/nodes/<hostname>`: the node's private config directory.
+    pub fn node_dir(&self, profile: &str, hostname: &str) -> Result<PathBuf> {
+        if !is_plain_name(hostname) {
+            bail!("invalid host name {hostname:?}");
+        }
+        Ok(self.dir.join(profile).join("nodes").join(hostname))
+    }
+}
+
+/// Packs a directory as an uncompressed, reproducible tar (sorted, mtime 0, root-owned).
+pub fn tar_dir(dir: &Path) -> Result<Vec<u8>> {
+    fn walk(base: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let here = base.join(rel);
+        let mut entries: Vec<_> = std::fs::read_dir(&here)
+            .with_context(|| format!("reading {}", here.display()))?
+            .collect::<std::io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let r = rel.join(e.file_name());
+            out.push(r.clone());
+            if e.file_type()?.is_dir() {
+                walk(base, &r, out)?;
+            }
+        }
+        Ok(())
+    }
+    let mut paths = Vec::new();
+    walk(dir, Path::new(""), &mut paths)?;
+    let mut b = tar::Builder::new(Vec::new());
+    for rel in paths {
+        let full = dir.join(&rel);
+        let meta =
+            std::fs::symlink_metadata(&full).with_context(|| format!("stat {}", full.display()))?;
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        if meta.is_dir() {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            // A trailing slash marks directories the way GNU tar writes them.
+            h.set_path(format!("{}/", rel.display()))?;
+            h.set_cksum();
+            b.append(&h, std::io::empty())?;
+        } else if meta.is_file() {
+            let data =
+                std::fs::read(&full).with_context(|| format!("reading {}", full.display()))?;
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o600);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, &rel, data.as_slice())?;
+        }
+        // Symlinks are skipped: a bundle must not point anywhere on the node.
+    }
+    b.into_inner().context("finishing tar")
+}

@@ -1,0 +1,261 @@
+//! HTTP handlers in-process: the exact iPXE script, artifacts with Range, the token
+//! guard on config bundles (checked with the host's tar), events and metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::{CP_MAC, ROOT_SHA, fixture};
+use http_body_util::BodyExt;
+use labimg_netboot::http::router;
+use tower::ServiceExt;
+
+async fn call(app: &axum::Router, req: Request<Body>) -> (StatusCode, Vec<u8>) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    (
+        status,
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn ipxe_script_is_exact() {
+    let f = fixture(8080);
+    let app = router(f.shared.clone());
+    let (st, body) = call(&app, get(&format!("/boot.ipxe?mac={CP_MAC}"))).await;
+    assert_eq!(st, StatusCode::OK);
+    let token = f.shared.tokens.token_for("cp1", None).unwrap();
+    let expected = format!(
+        "#!ipxe\n\
+         echo labimg: booting cp1 with profile proxmox\n\
+         kernel http://127.0.0.1:8080/images/proxmox/vmlinuz initrd=initrd.img \
+         labimg.root.url=http://127.0.0.1:8080/images/proxmox/root.squashfs \
+         labimg.root.sha256={ROOT_SHA} labimg.root.size=4096 \
+         labimg.config=http://127.0.0.1:8080/v1/nodes/52:54:00:12:34:56/config labimg.token={token} \
+         labimg.events=http://127.0.0.1:8080/v1/events console=ttyS0 labimg.debug=1\n\
+         initrd http://127.0.0.1:8080/images/proxmox/initrd.img\n\
+         boot\n"
+    );
+    assert_eq!(String::from_utf8(body).unwrap(), expected);
+    // MAC spelled differently (as some firmware does) renders the same node.
+    let (_, again) = call(&app, get("/boot.ipxe?mac=52-54-00-12-34-56")).await;
+    assert_eq!(String::from_utf8(again).unwrap(), expected);
+    let (st, body) = call(&app, get("/boot.ipxe?mac=02:00:00:00:00:99")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "#!ipxe\necho labimg: 02:00:00:00:00:99 is not in the inventory, leaving it alone\nexit\n"
+    );
+    let (st, _) = call(&app, get("/boot.ipxe")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn artifacts_support_range_and_stay_inside() {
+    let f = fixture(8080);
+    let app = router(f.shared.clone());
+    let kernel = std::fs::read(f.shared.cfg.images.dir.join("proxmox/netboot/vmlinuz")).unwrap();
+    let req = Request::get("/images/proxmox/vmlinuz")
+        .header(header::RANGE, "bytes=1000-1999")
+        .body(Body::empty())
+        .unwrap();
+    let (st, body) = call(&app, req).await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, kernel[1000..2000]);
+    let (st, body) = call(&app, get("/images/proxmox/vmlinuz")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body == kernel);
+    for bad in [
+        "/images/proxmox/evil",
+        "/images/proxmox/..%2Fnodes",
+        "/images/..%2Fproxmox/netboot.json",
+        "/images/proxmox/nodes",
+    ] {
+        let (st, _) = call(&app, get(bad)).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{bad}");
+    }
+    let (st, body) = call(&app, get("/ipxe/ipxe.efi")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body == std::fs::read("/usr/lib/ipxe/ipxe.efi").unwrap());
+}
+
+fn authed(uri: &str, token: &str) -> Request<Body> {
+    Request::get(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn config_bundle_needs_the_node_token() {
+    let f = fixture(8080);
+    let app = router(f.shared.clone());
+    let uri = format!("/v1/nodes/{CP_MAC}/config");
+    let (st, _) = call(&app, get(&uri)).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = call(&app, authed(&uri, "pi1-fixed-token-0123456789")).await;
+    assert_eq!(
+        st,
+        StatusCode::UNAUTHORIZED,
+        "another node's token must not work"
+    );
+    let token = f.shared.tokens.token_for("cp1", None).unwrap();
+    let (st, tar) = call(&app, authed(&uri, &token)).await;
+    assert_eq!(st, StatusCode::OK);
+    let path = f.dir.path().join("bundle.tar");
+    std::fs::write(&path, &tar).unwrap();
+    let out = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "k3s/\nk3s/config.yaml\nnode.env\n"
+    );
+    let out = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(&path)
+        .arg("node.env")
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"K3S_TOKEN=secret-cluster-token\n");
+    // Not once: a second fetch works.
+    assert_eq!(call(&app, authed(&uri, &token)).await.0, StatusCode::OK);
+    // once = true (pi1, addressed by serial here): 200 then 410.
+    let pi = "/v1/nodes/dc4a8f1b/config";
+    assert_eq!(
+        call(&app, authed(pi, "pi1-fixed-token-0123456789")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, authed(pi, "pi1-fixed-token-0123456789")).await.0,
+        StatusCode::GONE
+    );
+    assert_eq!(
+        call(&app, get("/v1/nodes/02:00:00:00:00:99/config"))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+fn post_json(uri: &str, json: &str) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn events_round_trip_and_metrics() {
+    let f = fixture(8080);
+    let app = router(f.shared.clone());
+    let ev = format!(
+        r#"{{"stage":"root-verified","mac":"{CP_MAC}","hostname":"cp1","detail":"sha256 ok"}}"#
+    );
+    assert_eq!(
+        call(&app, post_json("/v1/events", &ev)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let stranger = r#"{"stage":"booted","mac":"02:00:00:00:00:99","hostname":"","detail":""}"#;
+    assert_eq!(
+        call(&app, post_json("/v1/events", stranger)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let pi =
+        r#"{"stage":"k3s-started","mac":"d8:3a:dd:00:00:01","hostname":"pi1","detail":"agent up"}"#;
+    assert_eq!(
+        call(&app, post_json("/v1/events", pi)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let bad = r#"{"stage":"exploded","mac":"02:00:00:00:00:99"}"#;
+    assert_eq!(
+        call(&app, post_json("/v1/events", bad)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert!(
+        call(&app, post_json("/v1/events", "{not json"))
+            .await
+            .0
+            .is_client_error()
+    );
+    let (st, body) = call(&app, get("/v1/nodes")).await;
+    assert_eq!(st, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let cp1 = &v["nodes"][0];
+    assert_eq!(cp1["node"]["hostname"], "cp1");
+    assert_eq!(cp1["events"][0]["stage"], "root-verified");
+    assert_eq!(cp1["events"][0]["detail"], "sha256 ok");
+    assert_eq!(v["unknown"][0]["mac"], "02:00:00:00:00:99");
+    assert_eq!(v["unknown"].as_array().unwrap().len(), 1);
+    assert_eq!(v["nodes"][1]["node"]["hostname"], "pi1");
+    assert_eq!(v["nodes"][1]["events"][0]["detail"], "agent up");
+    assert_eq!(call(&app, get("/healthz")).await.0, StatusCode::OK);
+    let (_, m) = call(&app, get("/metrics")).await;
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        m.contains("labimg_events_total{stage=\"root-verified\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("labimg_http_requests_total{route=\"/v1/events\",status=\"204\"} 3\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("labimg_http_requests_total{route=\"/v1/events\",status=\"400\"} 2\n"),
+        "{m}"
+    );
+    assert!(m.contains("# TYPE labimg_events_total counter\n"), "{m}");
+}
+
+#[tokio::test]
+async fn inventory_reload_keeps_last_good() {
+    let f = fixture(8080);
+    let file = f.dir.path().join("inventory.toml");
+    tokio::spawn(labimg_netboot::inventory::watch(
+        file.clone(),
+        f.shared.inventory.clone(),
+        Duration::from_millis(50),
+    ));
+    let added = format!(
+        "{}\n[[node]]\nhostname = \"cp2\"\nmac = \"52:54:00:00:00:02\"\nrole = \"agent\"\nprofile = \"proxmox\"\n",
+        common::INVENTORY
+    );
+    // Make sure the mtime moves even on coarse-grained filesystems.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::write(&file, &added).unwrap();
+    let wait_for = |want: usize| {
+        let s = f.shared.clone();
+        async move {
+            for _ in 0..100 {
+                if s.inventory().nodes.len() == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    assert!(wait_for(3).await, "new node not picked up");
+    std::fs::write(&file, "[[node]]\nhostname = 5\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        f.shared.inventory().nodes.len(),
+        3,
+        "invalid reload must keep the previous inventory"
+    );
+}
