@@ -5,6 +5,21 @@
 //! ([`debian`]), unpacked into a staging [`tree`], and written out as
 //! filesystems, disks and netboot artifacts.
 
+pub mod build;
+pub mod cli;
+pub mod compress;
 pub mod debian;
+pub mod disk;
+pub mod fs;
+pub mod initramfs;
+pub mod inputs;
+pub mod kmod;
+pub mod manifest;
+pub mod nodecfg;
+pub mod preseed;
 pub mod profile;
+pub mod rootfs;
+pub mod rootimg;
+pub mod target;
+pub mod tool;
 pub mod tree;

@@ -1,1 +1,404 @@
-//! Helpers for labimg boot tests: network namespaces, QEMU, serial logs.
+//! Helpers for labimg's boot tests: build a profile once per test binary
+//! version, boot it in QEMU (TCG only: KVM hangs on these machines), and read
+//! the serial console.
+//!
+//! A failing boot keeps its serial log under `target/qemu-logs/` and prints
+//! the path, so CI artifacts show what the console said.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+/// The workspace root (the qemu-tests crate's parent).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// `target/` (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// The k3s stand-in: a shell script that plays k3s for boot tests (the real
+/// k3s cannot be downloaded on these machines). It prints what it was given
+/// and powers the VM off.
+pub fn k3s_stand_in() -> PathBuf {
+    workspace_root().join("qemu-tests/stand-in/k3s")
+}
+
+/// Builds `profile_text` (a profile written into a temp file next to the
+/// shipped profiles so `extends` works) with the k3s stand-in baked in, once
+/// per distinct (profile, test binary) pair: nextest runs every test in its own
+/// process, so the build is shared through a lock file and a keyed folder.
+pub fn build_once(name: &str, profile_text: &str) -> Result<PathBuf> {
+    let exe = std::fs::read(std::env::current_exe()?)?;
+    let stand_in = std::fs::read(k3s_stand_in())?;
+    let key = hex::encode(
+        &Sha256::new()
+            .chain_update(&exe)
+            .chain_update(profile_text)
+            .chain_update(&stand_in)
+            .finalize()[..8],
+    );
+    let base = target_dir().join("qemu-tests");
+    std::fs::create_dir_all(&base)?;
+    let out = base.join(format!("{name}-{key}"));
+    let lock = File::create(base.join(format!("{name}.lock")))?;
+    lock.lock().context("locking the shared test build")?;
+    if out.join("manifest.json").exists() {
+        return Ok(out);
+    }
+    let profile_path = workspace_root()
+        .join("profiles")
+        .join(format!(".test-{name}-{key}.toml"));
+    std::fs::write(&profile_path, profile_text)?;
+    let profile = labimg_builder::profile::load(
+        profile_path.to_str().context("non-UTF-8 path")?,
+        &workspace_root().join("profiles"),
+        &[],
+    );
+    let _ = std::fs::remove_file(&profile_path);
+    let profile = profile.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = labimg_builder::build::BuildOptions {
+        out_dir: Some(out.clone()),
+        k3s_binary: Some(k3s_stand_in()),
+        cache_dir: std::env::var_os("LABIMG_CACHE").map(PathBuf::from),
+        source_date_epoch: Some(1_700_000_000),
+        embed_secrets: false,
+    };
+    labimg_builder::build::build(&profile, &opts)?;
+    Ok(out)
+}
+
+/// Runs a host tool and returns its stdout, with the command in the error.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A QEMU machine under construction.
+pub struct Vm {
+    name: String,
+    args: Vec<String>,
+    binary: String,
+    work: tempfile::TempDir,
+}
+
+impl Vm {
+    /// An x86_64 UEFI (OVMF, q35) machine, like a Proxmox VM with OVMF.
+    pub fn x86_64_uefi(name: &str) -> Result<Vm> {
+        let work = tempfile::tempdir()?;
+        let vars = work.path().join("OVMF_VARS.fd");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+            .context("copying OVMF vars (is ovmf installed?)")?;
+        let args = [
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-drive",
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        ])
+        .collect();
+        Ok(Vm {
+            name: name.to_owned(),
+            args,
+            binary: "qemu-system-x86_64".into(),
+            work,
+        })
+    }
+
+    /// An aarch64 QEMU `virt` machine (Cortex-A72, TCG) without firmware: boot
+    /// it with [`Vm::direct_kernel`]. Stands in for a Raspberry Pi 5, which
+    /// QEMU does not emulate.
+    pub fn aarch64_virt(name: &str) -> Result<Vm> {
+        let args = [
+            "-machine",
+            "virt",
+            "-cpu",
+            "cortex-a72",
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Ok(Vm {
+            name: name.to_owned(),
+            args,
+            binary: "qemu-system-aarch64".into(),
+            work: tempfile::tempdir()?,
+        })
+    }
+
+    /// Boots `kernel` and `initrd` directly (QEMU's loader in place of the
+    /// board's firmware) with the kernel command line `append`.
+    pub fn direct_kernel(mut self, kernel: &Path, initrd: &Path, append: &str) -> Vm {
+        self.args.extend([
+            "-kernel".into(),
+            kernel.display().to_string(),
+            "-initrd".into(),
+            initrd.display().to_string(),
+            "-append".into(),
+            append.to_owned(),
+        ]);
+        self
+    }
+
+    /// Attaches a disk as VirtIO block (PCI), through a throw-away qcow2
+    /// overlay so the image under test is never modified.
+    pub fn virtio_disk(mut self, image: &Path, format: &str) -> Result<Vm> {
+        let overlay = self.work.path().join("disk-overlay.qcow2");
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+            .arg(image)
+            .arg(&overlay))?;
+        self.args.extend([
+            "-drive".into(),
+            format!("file={},if=none,id=hd0,format=qcow2", overlay.display()),
+            "-device".into(),
+            "virtio-blk-pci,drive=hd0".into(),
+        ]);
+        Ok(self)
+    }
+
+    /// A scratch folder that lives as long as the VM.
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// Attaches a disk on VirtIO SCSI (Proxmox's default controller), through a
+    /// throw-away 4 GiB qcow2 overlay: the image under test is never modified,
+    /// and the disk is bigger than the image, as after `qm resize`.
+    pub fn scsi_disk(mut self, image: &Path, format: &str) -> Result<Vm> {
+        let overlay = self.work.path().join("disk-overlay.qcow2");
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+            .arg(image)
+            .arg(&overlay)
+            .arg("4G"))?;
+        self.args.extend([
+            "-device".into(),
+            "virtio-scsi-pci,id=scsi0".into(),
+            "-drive".into(),
+            format!("file={},if=none,id=hd0,format=qcow2", overlay.display()),
+            "-device".into(),
+            "scsi-hd,drive=hd0,bus=scsi0.0".into(),
+        ]);
+        Ok(self)
+    }
+
+    /// A VirtIO NIC on QEMU's built-in user network (DHCP inside QEMU; the
+    /// guest reaches nothing outside it in these tests).
+    pub fn user_net(mut self, mac: &str) -> Vm {
+        self.args.extend([
+            "-netdev".into(),
+            "user,id=n0,restrict=on".into(),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac}"),
+        ]);
+        self
+    }
+
+    /// Boots and reads the serial console until QEMU exits, `stop_at` appears,
+    /// or `timeout` passes.
+    pub fn boot(self, stop_at: Option<&str>, timeout: Duration) -> Result<SerialLog> {
+        let log_path = self.work.path().join("serial.log");
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(&self.args)
+            .args(["-serial", &format!("file:{}", log_path.display())])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child: Child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.binary))?;
+        let start = Instant::now();
+        let mut exited = None;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                exited = Some(status);
+                break;
+            }
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if stop_at.is_some_and(|s| text.contains(s)) || start.elapsed() > timeout {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        if exited.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        Ok(SerialLog {
+            name: self.name,
+            text,
+            qemu_stderr: stderr,
+            powered_off: exited.is_some_and(|s| s.success()),
+            elapsed: start.elapsed(),
+        })
+    }
+}
+
+/// What the serial console said.
+pub struct SerialLog {
+    pub name: String,
+    pub text: String,
+    pub qemu_stderr: String,
+    /// QEMU exited by itself with status 0 (the guest powered off).
+    pub powered_off: bool,
+    pub elapsed: Duration,
+}
+
+impl SerialLog {
+    /// Keeps the log under `target/qemu-logs/<name>.log` and returns the path.
+    pub fn keep(&self) -> PathBuf {
+        let dir = target_dir().join("qemu-logs");
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("{}.log", self.name));
+        let _ = std::fs::write(
+            &path,
+            format!("{}\n--- qemu stderr ---\n{}", self.text, self.qemu_stderr),
+        );
+        path
+    }
+
+    /// Lines starting with `prefix` (console lines may carry `\r`).
+    pub fn lines_with(&self, prefix: &str) -> Vec<String> {
+        self.text
+            .lines()
+            .map(|l| l.trim_end_matches('\r'))
+            .filter_map(|l| l.find(prefix).map(|i| l[i..].to_owned()))
+            .collect()
+    }
+
+    /// Panics (keeping the log) unless every needle appears, in this order.
+    pub fn assert_in_order(&self, needles: &[&str]) {
+        let mut from = 0;
+        for n in needles {
+            match self.text[from..].find(n) {
+                Some(i) => from += i + n.len(),
+                None => {
+                    let path = self.keep();
+                    panic!(
+                        "{}: console never showed {n:?} (after the earlier milestones); serial log kept at {} ({:.0?} boot)\n--- tail ---\n{}",
+                        self.name,
+                        path.display(),
+                        self.elapsed,
+                        tail(&self.text, 40)
+                    );
+                }
+            }
+        }
+    }
+
+    /// Panics (keeping the log) if `needle` appears.
+    pub fn assert_absent(&self, needle: &str) {
+        if self.text.contains(needle) {
+            let path = self.keep();
+            panic!(
+                "{}: console showed {needle:?}; serial log kept at {}",
+                self.name,
+                path.display()
+            );
+        }
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Builds the profile file at `path` (a shipped profile, for example
+/// `profiles/examples/pi5-argocd.toml`) with `sets` applied (`key.path=value`,
+/// as `labimg build --set`) and the k3s stand-in baked in, once per distinct
+/// (file contents, sets, stand-in, test binary): the same lock-file and
+/// keyed-folder scheme as [`build_once`]. `name` names the lock and folder.
+///
+/// Relative `file` secrets resolve against the working directory (the build's
+/// default), so tests pass secrets as absolute paths through `sets`.
+pub fn build_profile_file_once(name: &str, path: &Path, sets: &[String]) -> Result<PathBuf> {
+    let exe = std::fs::read(std::env::current_exe()?)?;
+    let stand_in = std::fs::read(k3s_stand_in())?;
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new()
+        .chain_update(&exe)
+        .chain_update(&text)
+        .chain_update(&stand_in);
+    for set in sets {
+        // Length-prefixed so that ["a", "bc"] and ["ab", "c"] differ.
+        hasher.update((set.len() as u64).to_le_bytes());
+        hasher.update(set);
+    }
+    let key = hex::encode(&hasher.finalize()[..8]);
+    let base = target_dir().join("qemu-tests");
+    std::fs::create_dir_all(&base)?;
+    let out = base.join(format!("{name}-{key}"));
+    let lock = File::create(base.join(format!("{name}.lock")))?;
+    lock.lock().context("locking the shared test build")?;
+    if out.join("manifest.json").exists() {
+        return Ok(out);
+    }
+    let profile = labimg_builder::profile::load(
+        path.to_str().context("non-UTF-8 path")?,
+        &workspace_root().join("profiles"),
+        sets,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .with_context(|| format!("loading {}", path.display()))?;
+    let opts = labimg_builder::build::BuildOptions {
+        out_dir: Some(out.clone()),
+        k3s_binary: Some(k3s_stand_in()),
+        cache_dir: std::env::var_os("LABIMG_CACHE").map(PathBuf::from),
+        source_date_epoch: Some(1_700_000_000),
+        embed_secrets: false,
+    };
+    labimg_builder::build::build(&profile, &opts)
+        .with_context(|| format!("building {}", path.display()))?;
+    Ok(out)
+}

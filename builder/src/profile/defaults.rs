@@ -4,7 +4,7 @@
 //! [`Profile::apply_board_defaults`](super::Profile::apply_board_defaults) after loading.
 
 use super::types::{Arch, Board, Cluster, Cni, CniKind, Debian, Disk, Gitops, GitopsEngine};
-use super::types::{ImageFormat, Kernel, Outputs, Rpi, Size};
+use super::types::{ImageFormat, Kernel, Outputs, Size};
 
 /// Default Debian mirror.
 pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
@@ -125,18 +125,6 @@ impl Default for Outputs {
             formats: vec![ImageFormat::RawXz],
             netboot: true,
             dir: None,
-        }
-    }
-}
-
-impl Default for Rpi {
-    fn default() -> Self {
-        Rpi {
-            config_txt: Vec::new(),
-            dtoverlays: Vec::new(),
-            pcie_gen3: false,
-            nvme_boot: false,
-            overlays: true,
         }
     }
 }

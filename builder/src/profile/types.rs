@@ -161,8 +161,8 @@ pub struct Outputs {
     pub dir: Option<String>,
 }
 
-/// `[rpi]`: Raspberry Pi 5 boot settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// `[rpi]`: Raspberry Pi 5 boot settings (every key defaults to empty / off).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Rpi {
     /// Extra lines appended verbatim to `config.txt`.

@@ -1,0 +1,305 @@
+//! The build, as its pipeline: resolve inputs, assemble the root tree, make
+//! the initramfs and the root image, write the disk and netboot artifacts,
+//! write the manifest, then publish the output folder in one rename.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::debian::{Cache, cache::hash_file};
+use crate::disk;
+use crate::initramfs::make_initramfs;
+use crate::inputs::{fetch_inputs, resolve_inputs};
+use crate::manifest::{self, K3sInfo, Manifest, OutputFile};
+use crate::nodecfg;
+use crate::preseed::{Destination, RenderOptions};
+use crate::profile::{ImageFormat, Profile};
+use crate::rootfs::{self, K3sBinary, assemble_rootfs};
+use crate::rootimg::make_root_image;
+use crate::target::{self, DiskInputs};
+use crate::tree::Tree;
+
+/// How to build (the profile says what).
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Output folder; default `images/<profile name>/`.
+    pub out_dir: Option<PathBuf>,
+    /// Bake this file as `/usr/local/bin/k3s` instead of fetching on first boot.
+    pub k3s_binary: Option<PathBuf>,
+    /// Download cache; default the user's cache dir.
+    pub cache_dir: Option<PathBuf>,
+    /// Timestamp for every file; default `SOURCE_DATE_EPOCH` or 0.
+    pub source_date_epoch: Option<u64>,
+    /// Put secrets (k3s token, Git credentials) into the disk images too, for
+    /// per-node images that are not shared. Netboot artifacts never get them.
+    pub embed_secrets: bool,
+}
+
+/// What a finished build reports.
+pub struct BuildResult {
+    pub out_dir: PathBuf,
+    pub outputs: Vec<OutputFile>,
+}
+
+/// Runs `f`, logging the step's name and duration.
+fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    tracing::info!("{name} …");
+    let out = f().with_context(|| name.to_owned())?;
+    tracing::info!("{name} done in {:.1?}", start.elapsed());
+    Ok(out)
+}
+
+/// Removes a half-written output folder unless the build succeeded.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Builds every output of `profile`.
+pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
+    let target = target::for_profile(profile)?;
+    let epoch = opts.source_date_epoch.unwrap_or_else(|| {
+        std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    });
+    let out_dir = opts
+        .out_dir
+        .clone()
+        .or_else(|| profile.outputs.dir.as_ref().map(PathBuf::from))
+        .unwrap_or_else(|| Path::new("images").join(&profile.name));
+    let parent = out_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let file_name = out_dir
+        .file_name()
+        .context("the output folder has no name")?
+        .to_string_lossy();
+    let staging = Staging(parent.join(format!(".{file_name}.partial-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&staging.0);
+    std::fs::create_dir_all(staging.0.join("netboot"))?;
+    let work = &staging.0;
+
+    let cache = match &opts.cache_dir {
+        Some(d) => Cache::new(d)?,
+        None => Cache::open_default()?,
+    };
+    let (archive, resolved) = step("resolve inputs", || {
+        resolve_inputs(profile, target.as_ref(), cache)
+    })?;
+    let inputs = step("fetch inputs", || fetch_inputs(&archive, &resolved))?;
+
+    let k3s_source = match &opts.k3s_binary {
+        Some(p) => K3sBinary::Baked(p),
+        None => K3sBinary::FirstBoot,
+    };
+    let k3s = k3s_info(profile, opts.k3s_binary.as_deref())?;
+    let render = RenderOptions {
+        embed_secrets: opts.embed_secrets,
+        ..Default::default()
+    };
+    let rootfs = step("assemble rootfs", || {
+        assemble_rootfs(
+            profile,
+            &inputs.kernel,
+            &inputs.root,
+            k3s_source,
+            &render,
+            epoch,
+        )
+    })?;
+    let mut boot_tree = Tree::new();
+    rootfs::unpack(&mut boot_tree, &inputs.boot)?;
+
+    let mut modules = target.boot_modules();
+    modules.extend(profile.kernel.modules.iter().cloned());
+    let initramfs = step("make initramfs", || {
+        make_initramfs(&rootfs.tree, &modules, epoch)
+    })?;
+    let root = step("make root image", || {
+        make_root_image(&rootfs.tree, &work.join("netboot/root.squashfs"), epoch)
+    })?;
+
+    let raw = work.join(format!("{}.raw", profile.name));
+    let disk_inputs = DiskInputs {
+        profile,
+        kernel: &rootfs.kernel,
+        initramfs: &initramfs.data,
+        root: &root,
+        boot_tree: &boot_tree,
+        root_tree: &rootfs.tree,
+        epoch,
+    };
+    step("write disk", || target.write_disk(&disk_inputs, &raw))?;
+    if let Some((dir, files)) = target.netboot_files(&disk_inputs)? {
+        files.write_to_dir(&work.join("netboot").join(dir))?;
+    }
+    for format in &profile.outputs.formats {
+        match format {
+            ImageFormat::RawXz => step("compress raw.xz", || {
+                let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+                crate::compress::xz_file_parallel(&raw, &raw.with_extension("raw.xz"), threads)
+                    .map(|_| ())
+            })?,
+            ImageFormat::Qcow2 => step("convert qcow2", || {
+                disk::qcow2_from_raw(&raw, &raw.with_extension("qcow2"))
+            })?,
+        }
+    }
+    std::fs::remove_file(&raw)?;
+
+    let cmdline: BTreeMap<String, String> = ["a", "b"]
+        .iter()
+        .map(|s| (s.to_string(), target.cmdline(profile, &root, s).join(" ")))
+        .collect();
+    step("write netboot artifacts", || {
+        write_netboot(
+            work,
+            profile,
+            &rootfs.kernel,
+            &initramfs.data,
+            &root,
+            &cmdline["a"],
+        )
+    })?;
+    let nodes = step("write node configs", || {
+        write_node_dirs(work, profile, &render)
+    })?;
+
+    let outputs = manifest::hash_outputs(work)?;
+    let root_file = outputs
+        .iter()
+        .find(|o| o.path == "netboot/root.squashfs")
+        .cloned()
+        .context("root image missing from outputs")?;
+    let manifest = Manifest {
+        labimg_version: env!("CARGO_PKG_VERSION"),
+        profile: profile.name.clone(),
+        board: target.name().to_owned(),
+        arch: profile.target.arch.as_str().to_owned(),
+        source_date_epoch: epoch,
+        kernel_version: rootfs.kernel_version.clone(),
+        cmdline,
+        initramfs_modules: initramfs.modules.clone(),
+        root_image: root_file,
+        k3s,
+        nodes,
+        inputs: resolved.sets(),
+        outputs: outputs.clone(),
+    };
+    manifest::write_manifest(work, &manifest)?;
+    publish(&staging.0, &out_dir)?;
+    Ok(BuildResult { out_dir, outputs })
+}
+
+fn k3s_info(profile: &Profile, baked: Option<&Path>) -> Result<K3sInfo> {
+    let pinned = profile.k3s_sha256().map(str::to_owned);
+    let (source, baked_sha256, matches_pin) = match baked {
+        Some(p) => {
+            let (sha, _) =
+                hash_file(p).with_context(|| format!("reading --k3s-binary {}", p.display()))?;
+            let matches = pinned.as_deref() == Some(sha.as_str());
+            if !matches {
+                tracing::warn!(
+                    "the baked k3s binary {} (sha256 {sha}) is not the pinned k3s {} release: treating it as a stand-in",
+                    p.display(),
+                    profile.k3s.version
+                );
+            }
+            ("baked", Some(sha), Some(matches))
+        }
+        None => ("first-boot", None, None),
+    };
+    Ok(K3sInfo {
+        version: profile.k3s.version.clone(),
+        pinned_sha256: pinned,
+        source: source.to_owned(),
+        baked_sha256,
+        matches_pin,
+    })
+}
+
+/// `netboot/`: what `labimg serve` hands to PXE clients (world-readable, so
+/// it holds no secrets: per-node config is served separately).
+fn write_netboot(
+    dir: &Path,
+    profile: &Profile,
+    kernel: &[u8],
+    initramfs: &[u8],
+    root: &crate::rootimg::RootImage,
+    cmdline: &str,
+) -> Result<()> {
+    let nb = dir.join("netboot");
+    std::fs::write(nb.join("vmlinuz"), kernel)?;
+    std::fs::write(nb.join("initrd.img"), initramfs)?;
+    // Netboot nodes fetch the root over HTTP instead of a disk slot.
+    let netboot_cmdline: Vec<&str> = cmdline
+        .split(' ')
+        .filter(|a| !a.starts_with("labimg.root=") && !a.starts_with("labimg.slot="))
+        .collect();
+    let json = serde_json::json!({
+        "profile": profile.name,
+        "arch": profile.target.arch.as_str(),
+        "board": format!("{:?}", profile.target.board).to_lowercase(),
+        "kernel": "vmlinuz",
+        "initrd": "initrd.img",
+        "root": "root.squashfs",
+        "root_sha256": root.sha256,
+        "root_size": root.size,
+        "cmdline": netboot_cmdline.join(" "),
+    });
+    std::fs::write(
+        nb.join("netboot.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
+    Ok(())
+}
+
+/// `nodes/<hostname>/`: each node's rendered config for `labimg serve`
+/// (mode 0700: it may hold secrets).
+fn write_node_dirs(dir: &Path, profile: &Profile, render: &RenderOptions) -> Result<Vec<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let nodes = dir.join("nodes");
+    std::fs::create_dir_all(&nodes)?;
+    std::fs::set_permissions(&nodes, std::fs::Permissions::from_mode(0o700))?;
+    let (dirs, _) = nodecfg::render_all_with(profile, render, Destination::Private)?;
+    for d in &dirs {
+        for (path, (data, mode)) in &d.files {
+            let p = nodes.join(&d.hostname).join(path);
+            std::fs::create_dir_all(p.parent().unwrap_or(&nodes))?;
+            std::fs::write(&p, data)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+        }
+    }
+    Ok(dirs.into_iter().map(|d| d.hostname).collect())
+}
+
+/// Replaces `dst` with `staging` so readers see the old outputs or the new
+/// ones, never a mix.
+fn publish(staging: &Path, dst: &Path) -> Result<()> {
+    let old = dst.with_file_name(format!(
+        ".{}.old-{}",
+        dst.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    if dst.exists() {
+        std::fs::rename(dst, &old)
+            .with_context(|| format!("moving the previous {} aside", dst.display()))?;
+    }
+    std::fs::rename(staging, dst).with_context(|| format!("publishing {}", dst.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! Kernel modules: find them in the unpacked kernel package, resolve what a
+//! boot needs, and write a `modules.dep`.
+//!
+//! Debian's kernel packages do not ship `modules.dep` (the postinst runs
+//! `depmod`), and we run no maintainer scripts. The dependency list is in each
+//! module's `.modinfo` section (`depends=a,b`, written by modpost at kernel
+//! build time), which is exactly what depmod would find, so we read it there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::tree::Tree;
+
+/// The modules of one kernel version inside a tree.
+pub struct KernelModules {
+    /// `usr/lib/modules/<kver>` in the tree.
+    pub dir: PathBuf,
+    pub version: String,
+    /// Normalized module name (`dm_verity`) → path relative to `dir`.
+    modules: BTreeMap<String, PathBuf>,
+    builtin: BTreeSet<String>,
+}
+
+/// A module's name and the modules its `.modinfo` says it depends on.
+type DirectDeps = (String, Vec<String>);
+
+/// One module chosen for loading.
+#[derive(Clone, Debug)]
+pub struct LoadableModule {
+    pub name: String,
+    /// Path relative to `/lib/modules/<kver>`, without the compression suffix.
+    pub path: PathBuf,
+    /// Uncompressed module bytes.
+    pub data: Vec<u8>,
+}
+
+/// `dm-verity` and `dm_verity` are the same module.
+pub fn normalize_name(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+fn strip_compression(path: &Path) -> (PathBuf, Option<&'static str>) {
+    let s = path.to_string_lossy();
+    for ext in ["xz", "zst", "gz"] {
+        if let Some(base) = s.strip_suffix(&format!(".ko.{ext}")) {
+            return (PathBuf::from(format!("{base}.ko")), Some(ext));
+        }
+    }
+    (path.to_path_buf(), None)
+}
+
+/// Decompresses a module file as stored in the package.
+pub fn decompress(path: &Path, data: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match strip_compression(path).1 {
+        Some("xz") => {
+            liblzma::read::XzDecoder::new(data).read_to_end(&mut out)?;
+        }
+        Some("zst") => {
+            out = zstd::decode_all(data)?;
+        }
+        Some("gz") => {
+            flate2::read::GzDecoder::new(data).read_to_end(&mut out)?;
+        }
+        _ => out = data.to_vec(),
+    }
+    Ok(out)
+}
+
+/// The `depends=` list from a module's `.modinfo` strings.
+pub fn modinfo_depends(module: &[u8]) -> Vec<String> {
+    // .modinfo is a run of NUL-terminated `key=value` strings; scanning the
+    // whole file for the key is what `strings | grep` would do and is robust
+    // against section layout. The key only ever appears once.
+    const KEY: &[u8] = b"\0depends=";
+    let Some(pos) = module.windows(KEY.len()).position(|w| w == KEY) else {
+        return Vec::new();
+    };
+    let rest = &module[pos + KEY.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(normalize_name)
+        .collect()
+}
+
+impl KernelModules {
+    /// Finds the single kernel under `usr/lib/modules/` (or `lib/modules/`).
+    pub fn find(tree: &Tree) -> Result<Self> {
+        let base = ["usr/lib/modules", "lib/modules"]
+            .into_iter()
+            .find(|b| tree.get_follow(b).is_some_and(|e| e.is_dir()))
+            .context("the root tree has no usr/lib/modules: is a kernel package installed?")?;
+        let versions: Vec<String> = tree
+            .children(base)
+            .filter(|(_, e)| e.is_dir())
+            .map(|(p, _)| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let [version] = versions.as_slice() else {
+            bail!("expected exactly one kernel in /{base}, found {versions:?}");
+        };
+        Self::load(tree, Path::new(base).join(version), version)
+    }
+
+    fn load(tree: &Tree, dir: PathBuf, version: &str) -> Result<Self> {
+        let mut modules = BTreeMap::new();
+        for (path, entry) in tree.iter() {
+            let Ok(rel) = path.strip_prefix(&dir) else {
+                continue;
+            };
+            if entry.data().is_none() {
+                continue;
+            }
+            let (plain, _) = strip_compression(rel);
+            if plain.extension().is_some_and(|e| e == "ko") {
+                let name = normalize_name(&plain.file_stem().unwrap_or_default().to_string_lossy());
+                modules.insert(name, rel.to_path_buf());
+            }
+        }
+        let builtin = tree
+            .get(dir.join("modules.builtin"))
+            .and_then(|e| e.data())
+            .map(|d| {
+                String::from_utf8_lossy(d)
+                    .lines()
+                    .filter_map(|l| Path::new(l).file_stem())
+                    .map(|s| normalize_name(&s.to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            dir,
+            version: version.to_owned(),
+            modules,
+            builtin,
+        })
+    }
+
+    pub fn is_builtin(&self, name: &str) -> bool {
+        self.builtin.contains(&normalize_name(name))
+    }
+
+    pub fn len(&self) -> usize {
+        self.modules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    fn read(&self, tree: &Tree, name: &str) -> Result<LoadableModule> {
+        let rel = &self.modules[name];
+        let data = tree
+            .get(self.dir.join(rel))
+            .and_then(|e| e.data())
+            .with_context(|| format!("module file {} vanished", rel.display()))?;
+        let data =
+            decompress(rel, data).with_context(|| format!("decompressing {}", rel.display()))?;
+        Ok(LoadableModule {
+            name: name.to_owned(),
+            path: strip_compression(rel).0,
+            data,
+        })
+    }
+
+    /// The modules needed to load `wanted`, dependencies first; built-in
+    /// modules are skipped. An unknown name is an error naming the closest.
+    pub fn closure(&self, tree: &Tree, wanted: &[String]) -> Result<Vec<LoadableModule>> {
+        let mut order = Vec::new();
+        let mut seen = BTreeSet::new();
+        for w in wanted {
+            let name = normalize_name(w);
+            if self.is_builtin(&name) {
+                continue;
+            }
+            if !self.modules.contains_key(&name) {
+                let hint = self
+                    .modules
+                    .keys()
+                    .map(|k| (strsim::jaro_winkler(k, &name), k))
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .filter(|(s, _)| *s > 0.85)
+                    .map(|(_, k)| format!("; did you mean '{k}'?"))
+                    .unwrap_or_default();
+                bail!("kernel {} has no module '{w}'{hint}", self.version);
+            }
+            self.visit(tree, &name, &mut seen, &mut order, &mut Vec::new())?;
+        }
+        Ok(order)
+    }
+
+    fn visit(
+        &self,
+        tree: &Tree,
+        name: &str,
+        seen: &mut BTreeSet<String>,
+        order: &mut Vec<LoadableModule>,
+        stack: &mut Vec<String>,
+    ) -> Result<()> {
+        if seen.contains(name) || self.is_builtin(name) {
+            return Ok(());
+        }
+        if stack.iter().any(|s| s == name) {
+            bail!("module dependency cycle: {} -> {name}", stack.join(" -> "));
+        }
+        let Some(_) = self.modules.get(name) else {
+            bail!(
+                "module '{}' needs '{name}', which kernel {} does not have",
+                stack.join(" -> "),
+                self.version
+            );
+        };
+        let module = self.read(tree, name)?;
+        stack.push(name.to_owned());
+        for dep in modinfo_depends(&module.data) {
+            self.visit(tree, &dep, seen, order, stack)?;
+        }
+        stack.pop();
+        seen.insert(name.to_owned());
+        order.push(module);
+        Ok(())
+    }
+
+    /// Renders `modules.dep` (depmod's text format) for every module, so that
+    /// busybox `modprobe` works on the node.
+    pub fn modules_dep(&self, tree: &Tree) -> Result<String> {
+        let names: Vec<&String> = self.modules.keys().collect();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let chunk = names.len().div_ceil(threads).max(1);
+        let deps: Vec<Result<Vec<DirectDeps>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = names
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|n| {
+                                let rel = &self.modules[*n];
+                                let raw = tree
+                                    .get(self.dir.join(rel))
+                                    .and_then(|e| e.data())
+                                    .unwrap_or_default();
+                                let data = decompress(rel, raw)
+                                    .with_context(|| format!("decompressing {}", rel.display()))?;
+                                Ok(((*n).clone(), modinfo_depends(&data)))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("modules.dep worker panicked"))
+                .collect()
+        });
+        let mut direct = BTreeMap::new();
+        for part in deps {
+            direct.extend(part?);
+        }
+        let mut out = String::new();
+        for (name, rel) in &self.modules {
+            // depmod lists the transitive closure so that loading it from the
+            // end backwards works: every module comes before its dependencies.
+            let mut load_order = Vec::new();
+            post_order(
+                name,
+                &direct,
+                &self.modules,
+                &mut load_order,
+                &mut BTreeSet::new(),
+            );
+            load_order.pop(); // the module itself comes last in load order
+            let all = load_order.into_iter().rev();
+            out.push_str(&format!("{}:", rel.display()));
+            for d in all {
+                out.push_str(&format!(" {}", self.modules[&d].display()));
+            }
+            out.push('\n');
+        }
+        Ok(out)
+    }
+}
+
+/// Depth-first post-order over the dependency map: dependencies before dependents.
+fn post_order(
+    name: &str,
+    direct: &BTreeMap<String, Vec<String>>,
+    known: &BTreeMap<String, PathBuf>,
+    out: &mut Vec<String>,
+    seen: &mut BTreeSet<String>,
+) {
+    if !known.contains_key(name) || !seen.insert(name.to_owned()) {
+        return;
+    }
+    for d in direct.get(name).into_iter().flatten() {
+        post_order(d, direct, known, out, seen);
+    }
+    out.push(name.to_owned());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(name: &str, depends: &str) -> Vec<u8> {
+        format!("\x7fELF....\0name={name}\0depends={depends}\0vermagic=6.12\0").into_bytes()
+    }
+
+    fn tree() -> Tree {
+        let mut t = Tree::new();
+        let d = "usr/lib/modules/6.12.0-test";
+        let xz = |data: Vec<u8>| {
+            let mut out = Vec::new();
+            liblzma::read::XzEncoder::new(data.as_slice(), 6)
+                .read_to_end(&mut out)
+                .unwrap();
+            out
+        };
+        t.insert_file(
+            format!("{d}/kernel/a/dm-verity.ko.xz"),
+            xz(module("dm_verity", "dm_mod,dm_bufio")),
+            0o644,
+        )
+        .unwrap();
+        t.insert_file(
+            format!("{d}/kernel/a/dm-mod.ko.xz"),
+            xz(module("dm_mod", "")),
+            0o644,
+        )
+        .unwrap();
+        t.insert_file(
+            format!("{d}/kernel/a/dm-bufio.ko"),
+            module("dm_bufio", "dm_mod"),
+            0o644,
+        )
+        .unwrap();
+        t.insert_file(
+            format!("{d}/kernel/fs/squashfs.ko.xz"),
+            xz(module("squashfs", "")),
+            0o644,
+        )
+        .unwrap();
+        t.insert_file(
+            format!("{d}/modules.builtin"),
+            "kernel/fs/ext4/ext4.ko\n",
+            0o644,
+        )
+        .unwrap();
+        t
+    }
+
+    #[test]
+    fn closure_orders_dependencies_first_and_skips_builtins() {
+        let t = tree();
+        let k = KernelModules::find(&t).unwrap();
+        assert_eq!(k.version, "6.12.0-test");
+        let c = k
+            .closure(&t, &["ext4".into(), "dm-verity".into(), "squashfs".into()])
+            .unwrap();
+        let names: Vec<_> = c.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["dm_mod", "dm_bufio", "dm_verity", "squashfs"]);
+        assert_eq!(c[2].path, Path::new("kernel/a/dm-verity.ko"));
+        assert!(c[2].data.starts_with(b"\x7fELF"), "module is decompressed");
+    }
+
+    #[test]
+    fn unknown_module_names_the_closest() {
+        let t = tree();
+        let k = KernelModules::find(&t).unwrap();
+        let err = k
+            .closure(&t, &["squashfss".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean 'squashfs'"), "{err}");
+    }
+
+    #[test]
+    fn modules_dep_lists_transitive_dependencies() {
+        let t = tree();
+        let k = KernelModules::find(&t).unwrap();
+        let dep = k.modules_dep(&t).unwrap();
+        assert!(
+            dep.contains("kernel/a/dm-verity.ko.xz: kernel/a/dm-bufio.ko kernel/a/dm-mod.ko.xz\n"),
+            "{dep}"
+        );
+        assert!(dep.contains("kernel/fs/squashfs.ko.xz:\n"), "{dep}");
+    }
+}

@@ -1,0 +1,96 @@
+//! Step 7: `manifest.json` and `SHA256SUMS` — every input with its version
+//! and sha256, every output with its sha256, and the kernel command lines.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::debian::cache::hash_file;
+use crate::inputs::InputSets;
+
+/// One output file, relative to the output directory.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Where the image's k3s comes from.
+#[derive(Clone, Debug, Serialize)]
+pub struct K3sInfo {
+    pub version: String,
+    /// The pinned sha256 from the profile for this architecture.
+    pub pinned_sha256: Option<String>,
+    /// `baked` (in the root image) or `first-boot` (downloaded by the node).
+    pub source: String,
+    /// sha256 of the baked binary, when baked.
+    pub baked_sha256: Option<String>,
+    /// False when the baked binary is not the pinned release (a stand-in).
+    pub matches_pin: Option<bool>,
+}
+
+/// `manifest.json`.
+#[derive(Serialize)]
+pub struct Manifest<'a> {
+    pub labimg_version: &'static str,
+    pub profile: String,
+    pub board: String,
+    pub arch: String,
+    pub source_date_epoch: u64,
+    pub kernel_version: String,
+    /// Kernel command line per root slot.
+    pub cmdline: BTreeMap<String, String>,
+    pub initramfs_modules: Vec<String>,
+    pub root_image: OutputFile,
+    pub k3s: K3sInfo,
+    pub nodes: Vec<String>,
+    pub inputs: InputSets<'a>,
+    pub outputs: Vec<OutputFile>,
+}
+
+/// Hashes every public output under `dir` (sorted), skipping the private
+/// per-node directory and the files this step writes.
+pub fn hash_outputs(dir: &Path) -> Result<Vec<OutputFile>> {
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<OutputFile>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
+        if rel == "nodes" || rel == "SHA256SUMS" || rel == "manifest.json" {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            let (sha256, size) = hash_file(&path)?;
+            out.push(OutputFile {
+                path: rel,
+                size,
+                sha256,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes `SHA256SUMS` (sha256sum's format) and `manifest.json`.
+pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
+    let sums: String = manifest
+        .outputs
+        .iter()
+        .map(|o| format!("{}  {}\n", o.sha256, o.path))
+        .collect();
+    std::fs::write(dir.join("SHA256SUMS"), sums).context("writing SHA256SUMS")?;
+    let json = serde_json::to_string_pretty(manifest)? + "\n";
+    std::fs::write(dir.join("manifest.json"), json).context("writing manifest.json")?;
+    Ok(())
+}

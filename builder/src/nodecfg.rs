@@ -1,0 +1,220 @@
+//! Per-node configuration: the directory a node reads at boot.
+//!
+//! Each node of a profile gets a directory with `node.env` (identity and
+//! network, sourced by the node's busybox init), `k3s/config.yaml` for its
+//! role, and for servers the manifests k3s applies at start. The same
+//! directory is embedded in disk images (`/usr/lib/labimg/nodes/<host>/`,
+//! looked up by MAC or Pi serial through `nodes/index`) and served as a tar by
+//! the netboot appliance; `builder/node/README.md` is the node-side contract.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use serde_json::{Value, json};
+
+use crate::preseed::{self, Destination, RenderOptions};
+use crate::profile::{CniKind, Node, Profile, Role};
+
+/// A rendered node directory: relative path → (contents, mode).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeDir {
+    pub hostname: String,
+    pub files: BTreeMap<String, (Vec<u8>, u32)>,
+}
+
+/// The first server in the profile's node list bootstraps the cluster
+/// (`cluster-init`); every other node joins it.
+pub fn is_first_server(profile: &Profile, node: &Node) -> bool {
+    profile
+        .nodes
+        .iter()
+        .find(|n| n.role == Role::Server)
+        .map(|n| &n.hostname)
+        == Some(&node.hostname)
+}
+
+/// The URL joiners use: the profile's `cluster.server-url`, else the first
+/// server's static IP.
+pub fn server_url(profile: &Profile) -> Option<String> {
+    if let Some(url) = &profile.cluster.server_url {
+        return Some(url.clone());
+    }
+    let first = profile.nodes.iter().find(|n| n.role == Role::Server)?;
+    let ip = first.ip.as_deref()?.split('/').next()?;
+    Some(format!("https://{ip}:6443"))
+}
+
+fn role_name(role: &Role) -> &'static str {
+    match role {
+        Role::Server => "server",
+        Role::Agent => "agent",
+    }
+}
+
+/// `/etc/rancher/k3s/config.yaml` for one node, as a YAML mapping.
+pub fn k3s_config(profile: &Profile, node: &Node) -> Result<Value> {
+    let k = &profile.k3s;
+    let mut c = serde_json::Map::new();
+    c.insert("node-name".into(), json!(node.hostname));
+    if let Some(ip) = node.ip.as_deref().and_then(|ip| ip.split('/').next()) {
+        c.insert("node-ip".into(), json!(ip));
+    }
+    let server = node.role == Role::Server;
+    if server && is_first_server(profile, node) {
+        c.insert("cluster-init".into(), json!(true));
+    } else if let Some(url) = server_url(profile) {
+        c.insert("server".into(), json!(url));
+    }
+    if server {
+        if profile.cni.kind == CniKind::Cilium {
+            // Cilium replaces flannel and k3s's network policy controller.
+            c.insert("flannel-backend".into(), json!("none"));
+            c.insert("disable-network-policy".into(), json!(true));
+            if profile.cni.kube_proxy_replacement {
+                c.insert("disable-kube-proxy".into(), json!(true));
+            }
+        }
+        if !k.disable.is_empty() {
+            let names: Vec<Value> = k
+                .disable
+                .iter()
+                .map(|d| serde_json::to_value(d).unwrap_or_default())
+                .collect();
+            c.insert("disable".into(), Value::Array(names));
+        }
+        c.insert("cluster-cidr".into(), json!(k.cluster_cidr));
+        c.insert("service-cidr".into(), json!(k.service_cidr));
+        if !k.tls_san.is_empty() {
+            c.insert("tls-san".into(), json!(k.tls_san));
+        }
+        c.insert("write-kubeconfig-mode".into(), json!("0600"));
+    }
+    let labels: Vec<String> = k
+        .node_labels
+        .iter()
+        .chain(node.labels.iter())
+        .map(|(key, v)| format!("{key}={v}"))
+        .collect();
+    if !labels.is_empty() {
+        c.insert("node-label".into(), json!(labels));
+    }
+    let taints: Vec<&String> = k.node_taints.iter().chain(node.taints.iter()).collect();
+    if !taints.is_empty() {
+        c.insert("node-taint".into(), json!(taints));
+    }
+    if !k.kubelet_args.is_empty() {
+        c.insert("kubelet-arg".into(), json!(k.kubelet_args));
+    }
+    if profile.cluster.token.is_some() {
+        // The value itself stays out of config.yaml: see preseed::secret_files.
+        c.insert("token-file".into(), json!(preseed::TOKEN_PATH));
+    }
+    for (key, v) in &k.extra_config {
+        // extra-config is cluster-wide: server-only options are not for agents.
+        if !server && preseed::k3s_flags::server_only(key) {
+            continue;
+        }
+        let v = serde_json::to_value(v).with_context(|| format!("k3s.extra-config.{key}"))?;
+        c.insert(key.clone(), v);
+    }
+    Ok(Value::Object(c))
+}
+
+/// `node.env`: shell variables for the node's init (values single-quoted).
+pub fn node_env(profile: &Profile, node: &Node) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let vars = [
+        ("HOSTNAME", node.hostname.clone()),
+        ("ROLE", role_name(&node.role).to_owned()),
+        ("IP", node.ip.clone().unwrap_or_default()),
+        ("GATEWAY", node.gateway.clone().unwrap_or_default()),
+        ("DNS", node.dns.join(" ")),
+        ("K3S_VERSION", profile.k3s.version.clone()),
+        (
+            "K3S_SHA256",
+            profile.k3s_sha256().unwrap_or_default().to_owned(),
+        ),
+        ("K3S_URL_SOURCE", profile.k3s_url()),
+        ("EVENTS_URL", String::new()),
+    ];
+    let mut out =
+        String::from("# Rendered by labimg from the profile; sourced by /usr/lib/labimg/init.\n");
+    for (k, v) in vars {
+        out.push_str(&format!("{k}={}\n", q(&v)));
+    }
+    out
+}
+
+/// Renders one node's directory for shared outputs, without secrets.
+pub fn render(profile: &Profile, node: &Node) -> Result<NodeDir> {
+    render_with(
+        profile,
+        node,
+        &RenderOptions::default(),
+        Destination::Shared,
+    )
+}
+
+/// Renders one node's directory for `dest`: secret files (`k3s/token`, Secret
+/// manifests) only where [`Destination::gets_secrets`] says so.
+pub fn render_with(
+    profile: &Profile,
+    node: &Node,
+    opts: &RenderOptions,
+    dest: Destination,
+) -> Result<NodeDir> {
+    let mut files = BTreeMap::new();
+    files.insert(
+        "node.env".to_owned(),
+        (node_env(profile, node).into_bytes(), 0o644),
+    );
+    let config = k3s_config(profile, node)?;
+    preseed::check_k3s_config(node, &config)?;
+    let yaml = serde_saphyr::to_string(&config).context("rendering k3s config.yaml")?;
+    let header = format!(
+        "# k3s {} config for {} (rendered by labimg)\n",
+        role_name(&node.role),
+        node.hostname
+    );
+    files.insert(
+        "k3s/config.yaml".to_owned(),
+        ([header.into_bytes(), yaml.into_bytes()].concat(), 0o600),
+    );
+    for (path, yaml) in preseed::server_manifests(profile, node, opts)? {
+        files.insert(path, (yaml.into_bytes(), 0o644));
+    }
+    if dest.gets_secrets(opts) {
+        files.extend(preseed::secret_files(profile, node, opts)?);
+    }
+    Ok(NodeDir {
+        hostname: node.hostname.clone(),
+        files,
+    })
+}
+
+/// Renders every node of the profile, and the lookup index
+/// (`<mac-or-serial> <hostname>` per line) the node init searches.
+pub fn render_all(profile: &Profile) -> Result<(Vec<NodeDir>, String)> {
+    render_all_with(profile, &RenderOptions::default(), Destination::Shared)
+}
+
+/// [`render_all`] for `dest` with explicit options (`--embed-secrets`, base dir).
+pub fn render_all_with(
+    profile: &Profile,
+    opts: &RenderOptions,
+    dest: Destination,
+) -> Result<(Vec<NodeDir>, String)> {
+    preseed::check_profile(profile)?;
+    let mut dirs = Vec::new();
+    let mut index = String::new();
+    for node in &profile.nodes {
+        dirs.push(
+            render_with(profile, node, opts, dest)
+                .with_context(|| format!("rendering node {}", node.hostname))?,
+        );
+        for key in node.mac.iter().chain(node.serial.iter()) {
+            index.push_str(&format!("{} {}\n", key.to_lowercase(), node.hostname));
+        }
+    }
+    Ok((dirs, index))
+}

@@ -1,0 +1,304 @@
+//! Step 2: assemble the root filesystem tree from the fetched packages, the
+//! node OS files (`builder/node/`) and the rendered node table.
+//!
+//! Maintainer scripts never run (they would need a chroot of the target
+//! architecture); the few things they would have done that the node needs are
+//! done here, in Rust: busybox applet links, the CA bundle, `modules.dep`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::debian::{FetchedPackage, extract_deb};
+use crate::kmod::KernelModules;
+use crate::nodecfg;
+use crate::preseed::{Destination, RenderOptions};
+use crate::profile::Profile;
+use crate::tree::{Entry, Kind, Tree};
+
+/// The node OS sources, compiled into labimg so a build needs no checkout.
+pub mod node_files {
+    pub const INIT: &str = include_str!("../node/init");
+    pub const STAGE2: &str = include_str!("../node/stage2");
+    pub const COMMON: &str = include_str!("../node/common.sh");
+    pub const UDHCPC_SCRIPT: &str = include_str!("../node/udhcpc.script");
+}
+
+/// The assembled root and what was taken out of it for the boot partition.
+pub struct Rootfs {
+    pub tree: Tree,
+    /// The kernel image from the kernel package's `/boot/vmlinuz-*`.
+    pub kernel: Vec<u8>,
+    pub kernel_version: String,
+}
+
+/// Where the k3s binary comes from.
+pub enum K3sBinary<'a> {
+    /// Baked into the image from this file.
+    Baked(&'a Path),
+    /// Fetched by the node on first boot and checked against the pin.
+    FirstBoot,
+}
+
+/// Paths Debian installs that an immutable node never reads.
+const PRUNE: &[&str] = &[
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "usr/share/bug",
+];
+
+/// Unpacks packages into `tree`, logging what each contributed.
+pub fn unpack(tree: &mut Tree, packages: &[FetchedPackage]) -> Result<()> {
+    for p in packages {
+        let files = extract_deb(&p.path, tree)
+            .with_context(|| format!("unpacking {} {}", p.package.name, p.package.version))?;
+        tracing::debug!(
+            "unpacked {} {} ({} paths)",
+            p.package.name,
+            p.package.version,
+            files.len()
+        );
+    }
+    Ok(())
+}
+
+/// Debian's merged /usr: the top-level directories are symlinks into /usr.
+fn merged_usr(tree: &mut Tree, arch: &str) -> Result<()> {
+    for d in ["usr/bin", "usr/sbin", "usr/lib", "usr/local/bin"] {
+        tree.mkdir_all(d)?;
+    }
+    tree.insert_symlink("bin", "usr/bin")?;
+    tree.insert_symlink("sbin", "usr/sbin")?;
+    tree.insert_symlink("lib", "usr/lib")?;
+    if arch == "amd64" {
+        tree.mkdir_all("usr/lib64")?;
+        tree.insert_symlink("lib64", "usr/lib64")?;
+    }
+    Ok(())
+}
+
+/// The applet names compiled into a busybox binary. Busybox keeps them as one
+/// NUL-separated, sorted string table starting with `[` and `[[`; reading it
+/// from the file works for any architecture without running the binary.
+pub fn busybox_applets(binary: &[u8]) -> Vec<String> {
+    const START: &[u8] = b"[\0[[\0";
+    let Some(pos) = binary.windows(START.len()).position(|w| w == START) else {
+        return Vec::new();
+    };
+    binary[pos..]
+        .split(|&b| b == 0)
+        .take_while(|s| !s.is_empty())
+        .filter_map(|s| std::str::from_utf8(s).ok())
+        .filter(|s| s.bytes().all(|b| b.is_ascii_graphic()) && !s.contains('/'))
+        .map(String::from)
+        .collect()
+}
+
+fn install_busybox_links(tree: &mut Tree) -> Result<usize> {
+    let bin = tree
+        .get("usr/bin/busybox")
+        .and_then(|e| e.data())
+        .context("busybox-static did not install /usr/bin/busybox")?
+        .to_vec();
+    let applets = busybox_applets(&bin);
+    anyhow::ensure!(
+        applets.len() > 50,
+        "found only {} applets in busybox",
+        applets.len()
+    );
+    let mut n = 0;
+    for a in applets {
+        // Real tools from Debian packages win over busybox's smaller ones.
+        if ["usr/bin", "usr/sbin"]
+            .iter()
+            .any(|d| tree.contains(format!("{d}/{a}")))
+        {
+            continue;
+        }
+        tree.insert_symlink(format!("usr/bin/{a}"), "busybox")?;
+        n += 1;
+    }
+    if !tree.contains("usr/bin/sh") {
+        tree.insert_symlink("usr/bin/sh", "busybox")?;
+    }
+    Ok(n)
+}
+
+/// What `update-ca-certificates` would write: every certificate from
+/// ca-certificates concatenated into the bundle OpenSSL and curl read.
+fn ca_bundle(tree: &mut Tree) -> Result<usize> {
+    let certs: Vec<Vec<u8>> = tree
+        .iter()
+        .filter(|(p, _)| {
+            p.starts_with("usr/share/ca-certificates") && p.extension().is_some_and(|e| e == "crt")
+        })
+        .filter_map(|(_, e)| e.data().map(<[u8]>::to_vec))
+        .collect();
+    let bundle: Vec<u8> = certs.concat();
+    tree.insert_file("etc/ssl/certs/ca-certificates.crt", bundle, 0o644)?;
+    Ok(certs.len())
+}
+
+fn etc_files(tree: &mut Tree, profile: &Profile) -> Result<()> {
+    tree.insert_file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644)?;
+    tree.insert_file("etc/group", "root:x:0:\n", 0o644)?;
+    tree.insert_file("etc/shadow", "root:*:1::::::\n", 0o600)?;
+    tree.insert_file("etc/hostname", "labimg\n", 0o644)?;
+    tree.insert_file("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644)?;
+    tree.insert_file(
+        "etc/nsswitch.conf",
+        "hosts: files dns\npasswd: files\ngroup: files\n",
+        0o644,
+    )?;
+    tree.insert_file(
+        "etc/os-release",
+        format!(
+            "NAME=labimg\nID=labimg\nID_LIKE=debian\nPRETTY_NAME=\"labimg {} (Debian {})\"\nVARIANT_ID={}\n",
+            profile.name,
+            profile.suites().first().map(String::as_str).unwrap_or("trixie"),
+            profile.name
+        ),
+        0o644,
+    )?;
+    for d in [
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "var",
+        "mnt",
+        "etc/rancher/k3s",
+    ] {
+        tree.mkdir_all(d)?;
+    }
+    tree.insert("root", Entry::dir(0o700))?;
+    tree.insert("tmp", Entry::dir(0o1777))?;
+    Ok(())
+}
+
+fn node_os(tree: &mut Tree, profile: &Profile, render: &RenderOptions) -> Result<usize> {
+    use node_files::*;
+    tree.insert_file("usr/lib/labimg/init", STAGE2, 0o755)?;
+    tree.insert_file("usr/lib/labimg/common.sh", COMMON, 0o644)?;
+    tree.insert_file("usr/lib/labimg/udhcpc.script", UDHCPC_SCRIPT, 0o755)?;
+    tree.insert_symlink("usr/sbin/init", "../lib/labimg/init")?;
+    // Shared: the image is not a secret, so secrets go in only with --embed-secrets.
+    let (dirs, index) = nodecfg::render_all_with(profile, render, Destination::Shared)?;
+    tree.insert_file("usr/lib/labimg/nodes/index", index, 0o644)?;
+    for d in &dirs {
+        for (path, (data, mode)) in &d.files {
+            tree.insert_file(
+                format!("usr/lib/labimg/nodes/{}/{path}", d.hostname),
+                data.clone(),
+                *mode,
+            )?;
+        }
+    }
+    Ok(dirs.len())
+}
+
+/// Builds the root tree: packages, node OS, node table, k3s.
+pub fn assemble_rootfs(
+    profile: &Profile,
+    kernel: &[FetchedPackage],
+    packages: &[FetchedPackage],
+    k3s: K3sBinary,
+    render: &RenderOptions,
+    epoch: u64,
+) -> Result<Rootfs> {
+    let mut tree = Tree::new();
+    merged_usr(&mut tree, profile.target.arch.as_str())?;
+    unpack(&mut tree, packages)?;
+    unpack(&mut tree, kernel)?;
+    let (kernel_version, kernel_image) = take_kernel(&mut tree)?;
+    for p in PRUNE {
+        tree.remove(p)?;
+    }
+    let applets = install_busybox_links(&mut tree)?;
+    let certs = ca_bundle(&mut tree)?;
+    etc_files(&mut tree, profile)?;
+    let nodes = node_os(&mut tree, profile, render)?;
+    let modules = KernelModules::find(&tree)?;
+    let dep = modules.modules_dep(&tree).context("writing modules.dep")?;
+    tree.insert_file(modules.dir.join("modules.dep"), dep, 0o644)?;
+    if let K3sBinary::Baked(path) = k3s {
+        let data = std::fs::read(path)
+            .with_context(|| format!("reading the k3s binary {}", path.display()))?;
+        tree.insert_file("usr/local/bin/k3s", data, 0o755)?;
+    }
+    for (_, e) in tree.iter_mut() {
+        e.uid = 0;
+        e.gid = 0;
+    }
+    tree.set_all_mtimes(epoch);
+    tracing::info!(
+        "root tree: {} paths, {} MiB, kernel {kernel_version} ({} modules), {applets} busybox applets, {certs} CA certificates, {nodes} nodes",
+        tree.len(),
+        tree.file_bytes() >> 20,
+        modules.len()
+    );
+    Ok(Rootfs {
+        tree,
+        kernel: kernel_image,
+        kernel_version,
+    })
+}
+
+/// Takes the kernel image out of the tree (it goes to the boot partition and
+/// netboot artifacts): `/boot/vmlinuz-<version>` up to Debian's 6.x kernels,
+/// `/usr/lib/modules/<version>/vmlinuz` in the 7.x packaging. Drops `/boot`.
+fn take_kernel(tree: &mut Tree) -> Result<(String, Vec<u8>)> {
+    let file = |e: &Entry| match &e.kind {
+        Kind::File(d) => Some(d.to_vec()),
+        _ => None,
+    };
+    let mut found: Vec<(String, Vec<u8>)> = tree
+        .children("boot")
+        .filter_map(|(p, e)| {
+            let version = p.file_name()?.to_str()?.strip_prefix("vmlinuz-")?;
+            Some((version.to_owned(), file(e)?))
+        })
+        .collect();
+    if found.is_empty() {
+        let versions: Vec<String> = tree
+            .children("usr/lib/modules")
+            .filter_map(|(p, _)| Some(p.file_name()?.to_str()?.to_owned()))
+            .collect();
+        for v in versions {
+            let path = format!("usr/lib/modules/{v}/vmlinuz");
+            if let Some(data) = tree.get(&path).and_then(file) {
+                tree.remove(&path)?;
+                found.push((v, data));
+            }
+        }
+    }
+    let [(version, image)] = found.as_slice() else {
+        anyhow::bail!(
+            "expected one /boot/vmlinuz-* from the kernel package, found {}",
+            found.len()
+        );
+    };
+    let out = (version.clone(), image.clone());
+    tree.remove("boot")?;
+    tree.mkdir_all("boot")?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applet_table_is_read_from_the_binary() {
+        let bin = b"\x7fELF junk\0more[\0[[\0acpid\0ash\0cat\0zcat\0\0trailing";
+        assert_eq!(
+            busybox_applets(bin),
+            ["[", "[[", "acpid", "ash", "cat", "zcat"]
+        );
+        assert!(busybox_applets(b"no table here").is_empty());
+    }
+}

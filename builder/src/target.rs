@@ -1,0 +1,74 @@
+//! Targets: what differs between boards — boot packages, boot modules,
+//! kernel command line and disk layout. One trait, one implementation per
+//! board; nothing else in the builder asks which board it is building for.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::profile::{Board, Profile};
+use crate::rootimg::RootImage;
+use crate::tree::Tree;
+
+mod proxmox;
+pub mod rpi5;
+
+pub use proxmox::Proxmox;
+pub use rpi5::Rpi5;
+
+/// Everything a target needs to lay out its disk.
+pub struct DiskInputs<'a> {
+    pub profile: &'a Profile,
+    /// The kernel image (`vmlinuz`).
+    pub kernel: &'a [u8],
+    /// The compressed initramfs.
+    pub initramfs: &'a [u8],
+    pub root: &'a RootImage,
+    /// The unpacked boot packages (for example systemd-boot's EFI binaries).
+    pub boot_tree: &'a Tree,
+    /// The root tree (for files the boot partition copies, like dtbs).
+    pub root_tree: &'a Tree,
+    /// Seconds since the epoch used for every timestamp.
+    pub epoch: u64,
+}
+
+/// A board labimg builds images for.
+pub trait Target {
+    /// Short name used in logs and the manifest.
+    fn name(&self) -> &'static str;
+    /// Debian packages unpacked only for the boot partition, not the root.
+    fn boot_packages(&self) -> Vec<String>;
+    /// Modules the initramfs always carries for this board (the profile's
+    /// `kernel.modules` are added to these).
+    fn boot_modules(&self) -> Vec<String>;
+    /// The kernel command line for root slot `slot` ("a" or "b").
+    fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Vec<String>;
+    /// Writes the raw disk image to `dst`.
+    fn write_disk(&self, inputs: &DiskInputs, dst: &Path) -> Result<()>;
+    /// Board files the netboot server hands out besides kernel, initramfs and
+    /// root image (published as `netboot/<board dir>/`), if the board needs any.
+    fn netboot_files(&self, _inputs: &DiskInputs) -> Result<Option<(&'static str, Tree)>> {
+        Ok(None)
+    }
+}
+
+/// The target for a profile's `target.board`.
+pub fn for_profile(profile: &Profile) -> Result<Box<dyn Target>> {
+    match profile.target.board {
+        Board::Proxmox => Ok(Box::new(Proxmox)),
+        Board::Rpi5 => Ok(Box::new(Rpi5)),
+    }
+}
+
+/// Kernel arguments every target shares: where root is and how to check it.
+pub fn common_cmdline(profile: &Profile, root: &RootImage, root_arg: String) -> Vec<String> {
+    let mut args = vec![
+        format!("console={}", profile.console()),
+        root_arg,
+        format!("labimg.root.sha256={}", root.sha256),
+        format!("labimg.root.size={}", root.size),
+        "panic=10".to_owned(),
+    ];
+    args.extend(profile.kernel.cmdline.iter().cloned());
+    args
+}

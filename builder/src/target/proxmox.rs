@@ -1,0 +1,128 @@
+//! Proxmox VMs (x86_64, OVMF/UEFI): GPT with an ESP holding systemd-boot and
+//! Boot Loader Spec entries, root slots A and B. STATE is created by the node
+//! on first boot in the space left after slot B.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::{DiskInputs, Target, common_cmdline};
+use crate::disk::{self, DiskLayout, PartitionSpec};
+use crate::fs::fat;
+use crate::profile::Profile;
+use crate::rootimg::RootImage;
+use crate::tree::Tree;
+
+/// The Proxmox VE target.
+pub struct Proxmox;
+
+const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+impl Target for Proxmox {
+    fn name(&self) -> &'static str {
+        "proxmox"
+    }
+
+    fn boot_packages(&self) -> Vec<String> {
+        vec!["systemd-boot-efi".into()]
+    }
+
+    fn boot_modules(&self) -> Vec<String> {
+        // Proxmox defaults to VirtIO SCSI; virtio-blk is the other common choice.
+        [
+            "virtio_blk",
+            "virtio_scsi",
+            "sd_mod",
+            "virtio_net",
+            "squashfs",
+            "loop",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Vec<String> {
+        let mut args = common_cmdline(profile, root, format!("labimg.root=PARTLABEL=root-{slot}"));
+        args.push(format!("labimg.slot={slot}"));
+        args
+    }
+
+    fn write_disk(&self, inputs: &DiskInputs, dst: &Path) -> Result<()> {
+        let p = inputs.profile;
+        let esp = esp_tree(self, inputs)?;
+        let boot_size = p.disk.boot_size.bytes();
+        let slot_size = p.disk.root_slot_size.bytes();
+        anyhow::ensure!(
+            inputs.root.size <= slot_size,
+            "the root image ({} bytes) does not fit disk.root-slot-size ({} bytes)",
+            inputs.root.size,
+            slot_size
+        );
+        let esp_bytes = fat::write_fat32(&esp, boot_size, "LABIMG-ESP", volume_id(&p.name))
+            .context("writing the EFI system partition")?;
+        let seed = |what: &str| disk::guid_from(&format!("labimg/{}/{what}", p.name));
+        let layout = DiskLayout {
+            size_bytes: p.disk.size.bytes(),
+            disk_guid: seed("disk"),
+            partitions: vec![
+                PartitionSpec {
+                    name: "ESP".into(),
+                    type_guid: disk::ESP_TYPE,
+                    part_guid: seed("esp"),
+                    size_bytes: boot_size,
+                    content: Some(disk::Content::Bytes(esp_bytes)),
+                },
+                PartitionSpec {
+                    name: "root-a".into(),
+                    type_guid: disk::LINUX_ROOT_X86_64_TYPE,
+                    part_guid: seed("root-a"),
+                    size_bytes: slot_size,
+                    content: Some(disk::Content::File(inputs.root.path.clone())),
+                },
+                PartitionSpec {
+                    name: "root-b".into(),
+                    type_guid: disk::LINUX_ROOT_X86_64_TYPE,
+                    part_guid: seed("root-b"),
+                    size_bytes: slot_size,
+                    content: None,
+                },
+            ],
+        };
+        disk::write_disk(&layout, dst).map(|_| ())
+    }
+}
+
+fn volume_id(name: &str) -> u32 {
+    let g = disk::guid_from(&format!("labimg/{name}/esp-volume-id"));
+    u32::from_le_bytes([g[0], g[1], g[2], g[3]])
+}
+
+/// The ESP: systemd-boot as the removable-media default loader, one Boot
+/// Loader Spec entry per slot (slot B's entry is added by an upgrade).
+fn esp_tree(target: &Proxmox, i: &DiskInputs) -> Result<Tree> {
+    let p = i.profile;
+    let sdboot = i
+        .boot_tree
+        .get(SYSTEMD_BOOT)
+        .and_then(|e| e.data())
+        .with_context(|| format!("systemd-boot-efi did not provide /{SYSTEMD_BOOT}"))?;
+    let mut t = Tree::new();
+    t.insert_file("EFI/BOOT/BOOTX64.EFI", sdboot.to_vec(), 0o644)?;
+    t.insert_file("EFI/systemd/systemd-bootx64.efi", sdboot.to_vec(), 0o644)?;
+    t.insert_file(
+        "loader/loader.conf",
+        "default labimg-a.conf\ntimeout 0\neditor no\nconsole-mode keep\n",
+        0o644,
+    )?;
+    let entry = format!(
+        "title labimg {name} (slot a)\nversion {version}\nlinux /labimg/a/vmlinuz\ninitrd /labimg/a/initrd.img\noptions {opts}\n",
+        name = p.name,
+        version = i.root.sha256.get(..12).unwrap_or_default(),
+        opts = target.cmdline(p, i.root, "a").join(" "),
+    );
+    t.insert_file("loader/entries/labimg-a.conf", entry, 0o644)?;
+    t.insert_file("labimg/a/vmlinuz", i.kernel.to_vec(), 0o644)?;
+    t.insert_file("labimg/a/initrd.img", i.initramfs.to_vec(), 0o644)?;
+    t.set_all_mtimes(i.epoch);
+    Ok(t)
+}

@@ -1,0 +1,305 @@
+//! Cluster preseed behaviour: role differences in k3s configs, the k3s flag
+//! table, address checks, Cilium values, and the vendored (air-gapped) chart
+//! checked against its pin with a real `.tgz` and host tools as oracles.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+
+use labimg_builder::nodecfg::{self, NodeDir};
+use labimg_builder::preseed::{Destination, PreseedError, RenderOptions};
+use labimg_builder::profile::{self, HelmChart, Profile};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn load(example: &str, sets: &[&str]) -> Profile {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    let path = dir.join("examples").join(format!("{example}.toml"));
+    let sets: Vec<String> = sets.iter().map(|s| (*s).to_owned()).collect();
+    profile::load(path.to_str().unwrap(), &dir, &sets).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn node<'a>(dirs: &'a [NodeDir], host: &str) -> &'a NodeDir {
+    dirs.iter().find(|d| d.hostname == host).unwrap()
+}
+
+fn yaml(d: &NodeDir, file: &str) -> Value {
+    let (data, _) = d
+        .files
+        .get(file)
+        .unwrap_or_else(|| panic!("{} has no {file}", d.hostname));
+    serde_saphyr::from_str(std::str::from_utf8(data).unwrap()).unwrap()
+}
+
+fn values_of(cilium: &Value) -> Value {
+    serde_saphyr::from_str(cilium["spec"]["valuesContent"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn first_server_joiner_and_agent_configs_differ() {
+    let (ha, _) = nodecfg::render_all(&load("ha-cilium-argocd", &[])).unwrap();
+    let first = yaml(node(&ha, "cp1"), "k3s/config.yaml");
+    let joiner = yaml(node(&ha, "cp2"), "k3s/config.yaml");
+    assert_eq!(first["cluster-init"], json!(true));
+    assert!(
+        first.get("server").is_none(),
+        "the first server joins nobody"
+    );
+    assert!(joiner.get("cluster-init").is_none());
+    assert_eq!(joiner["server"], json!("https://192.168.20.11:6443"));
+    for c in [&first, &joiner] {
+        // Settings every server of a cluster must share.
+        assert_eq!(c["flannel-backend"], json!("none"));
+        assert_eq!(c["disable-kube-proxy"], json!(true));
+        assert_eq!(c["cluster-cidr"], json!("10.42.0.0/16"));
+        assert_eq!(c["token-file"], json!("/etc/rancher/k3s/token"));
+    }
+
+    let (pve, _) = nodecfg::render_all(&load("proxmox-flux", &[])).unwrap();
+    let agent = node(&pve, "pve-w1");
+    let a = yaml(agent, "k3s/config.yaml");
+    assert_eq!(a["server"], json!("https://192.168.10.11:6443"));
+    assert_eq!(a["token-file"], json!("/etc/rancher/k3s/token"));
+    for server_key in [
+        "cluster-init",
+        "cluster-cidr",
+        "flannel-backend",
+        "disable",
+        "write-kubeconfig-mode",
+    ] {
+        assert!(a.get(server_key).is_none(), "agent config has {server_key}");
+    }
+    assert!(
+        agent.files.keys().all(|f| !f.starts_with("manifests/")),
+        "agents apply no manifests"
+    );
+    let server = node(&pve, "pve-cp1");
+    assert!(server.files.contains_key("manifests/cilium.yaml"));
+    assert!(server.files.contains_key("manifests/flux.yaml"));
+}
+
+#[test]
+fn unknown_k3s_key_is_rejected_with_a_hint() {
+    let mut p = load("proxmox-flux", &[]);
+    p.k3s
+        .extra_config
+        .insert("cluster-cidrs".into(), "10.50.0.0/16".into());
+    let err = nodecfg::render_all(&p).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("node pve-cp1"), "{msg}");
+    assert!(
+        msg.contains("'cluster-cidrs'") && msg.contains("did you mean 'cluster-cidr'"),
+        "{msg}"
+    );
+
+    // An agent-only option is not a server option either.
+    let mut p = load("proxmox-flux", &[]);
+    p.k3s
+        .extra_config
+        .insert("disable-apiserver-lb".into(), true.into());
+    let msg = format!("{:#}", nodecfg::render_all(&p).unwrap_err());
+    assert!(
+        msg.contains("k3s server does not accept config key 'disable-apiserver-lb'"),
+        "{msg}"
+    );
+
+    // A server-only option set cluster-wide reaches servers, not agents.
+    let mut p = load("proxmox-flux", &[]);
+    p.k3s
+        .extra_config
+        .insert("etcd-snapshot-retention".into(), 7.into());
+    let (dirs, _) = nodecfg::render_all(&p).unwrap();
+    assert_eq!(
+        yaml(node(&dirs, "pve-cp1"), "k3s/config.yaml")["etcd-snapshot-retention"],
+        json!(7)
+    );
+    assert!(
+        yaml(node(&dirs, "pve-w1"), "k3s/config.yaml")
+            .get("etcd-snapshot-retention")
+            .is_none()
+    );
+}
+
+#[test]
+fn overlapping_ranges_and_nodes_inside_them_are_refused() {
+    let p = load("proxmox-flux", &["k3s.service-cidr=10.42.128.0/17"]);
+    let msg = format!("{:#}", nodecfg::render_all(&p).unwrap_err());
+    assert!(
+        msg.contains("overlaps k3s.service-cidr 10.42.128.0/17"),
+        "{msg}"
+    );
+
+    let p = load("proxmox-flux", &["k3s.cluster-cidr=192.168.0.0/16"]);
+    let msg = format!("{:#}", nodecfg::render_all(&p).unwrap_err());
+    assert!(
+        msg.contains("node pve-cp1: ip 192.168.10.11 lies inside k3s.cluster-cidr"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn joiners_need_a_server_url() {
+    // pi5-argocd's control plane takes DHCP: without its server-url, agents
+    // would have nowhere to join.
+    let mut p = load("pi5-argocd", &[]);
+    p.cluster.server_url = None;
+    let msg = format!("{:#}", nodecfg::render_all(&p).unwrap_err());
+    assert!(
+        msg.contains("nodes pi-w1, pi-w2 join the cluster but no server URL is known"),
+        "{msg}"
+    );
+    let p = load(
+        "pi5-argocd",
+        &["cluster.server-url=https://pi-cp1.lan:6443"],
+    );
+    let (dirs, _) = nodecfg::render_all(&p).unwrap();
+    assert_eq!(
+        yaml(node(&dirs, "pi-w2"), "k3s/config.yaml")["server"],
+        json!("https://pi-cp1.lan:6443")
+    );
+}
+
+#[test]
+fn cilium_values_follow_the_profile() {
+    let (ha, _) = nodecfg::render_all(&load("ha-cilium-argocd", &[])).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(
+        std::str::from_utf8(&node(&ha, "cp3").files["manifests/cilium.yaml"].0).unwrap(),
+    )
+    .unwrap();
+    let chart = docs.iter().find(|d| !d.is_null()).unwrap();
+    assert_eq!(chart["spec"]["bootstrap"], json!(true));
+    assert_eq!(chart["spec"]["repo"], json!("https://helm.cilium.io/"));
+    let v = values_of(chart);
+    assert_eq!(v["kubeProxyReplacement"], json!(true));
+    assert_eq!(v["k8sServiceHost"], json!("127.0.0.1"));
+    assert_eq!(v["k8sServicePort"], json!(6444));
+    assert_eq!(v["operator"]["replicas"], json!(2), "min(3 servers, 2)");
+    assert_eq!(
+        v["hubble"]["relay"]["enabled"],
+        json!(true),
+        "cni.values merged"
+    );
+    assert_eq!(v["l2announcements"]["enabled"], json!(true));
+
+    let p = load(
+        "proxmox-flux",
+        &[
+            "cni.values.ipam.mode=cluster-pool",
+            "cni.values.operator.replicas=3",
+        ],
+    );
+    let (dirs, _) = nodecfg::render_all(&p).unwrap();
+    let v = values_of(&yaml(node(&dirs, "pve-cp1"), "manifests/cilium.yaml"));
+    assert_eq!(
+        v["ipam"]["operator"]["clusterPoolIPv4PodCIDRList"],
+        json!(["10.42.0.0/16"])
+    );
+    assert_eq!(
+        v["operator"]["replicas"],
+        json!(3),
+        "the profile's values win"
+    );
+    assert!(v.get("kubeProxyReplacement").is_none());
+}
+
+/// A small but real chart archive: `cilium/Chart.yaml` in a gzipped tar.
+fn chart_tgz() -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let body = b"apiVersion: v2\nname: cilium\nversion: 1.18.3\n";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(body.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "cilium/Chart.yaml", &body[..])
+        .unwrap();
+    tar.into_inner().unwrap().finish().unwrap()
+}
+
+#[test]
+fn vendored_chart_is_embedded_and_a_tampered_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tgz = chart_tgz();
+    std::fs::create_dir_all(dir.path().join("charts")).unwrap();
+    std::fs::write(dir.path().join("charts/cilium.tgz"), &tgz).unwrap();
+    let mut p = load("proxmox-flux", &[]);
+    p.cni.chart = Some(HelmChart {
+        path: "charts/cilium.tgz".into(),
+        sha256: hex::encode(Sha256::digest(&tgz)),
+    });
+    let opts = RenderOptions {
+        base_dir: dir.path().to_owned(),
+        ..RenderOptions::default()
+    };
+    let (dirs, _) = nodecfg::render_all_with(&p, &opts, Destination::Shared).unwrap();
+    let chart = yaml(node(&dirs, "pve-cp1"), "manifests/cilium.yaml");
+    assert!(chart["spec"].get("repo").is_none() && chart["spec"].get("version").is_none());
+    let b64 = chart["spec"]["chartContent"].as_str().unwrap();
+    // coreutils' base64 and GNU tar decode what k3s's helm controller will.
+    let mut child = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b64.as_bytes())
+        .unwrap();
+    let decoded = child.wait_with_output().unwrap();
+    assert!(decoded.status.success());
+    assert_eq!(decoded.stdout, tgz);
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(dir.path().join("charts/cilium.tgz"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&listing.stdout).trim(),
+        "cilium/Chart.yaml"
+    );
+
+    let mut tampered = tgz.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0xff;
+    std::fs::write(dir.path().join("charts/cilium.tgz"), &tampered).unwrap();
+    let err = nodecfg::render_all_with(&p, &opts, Destination::Shared).unwrap_err();
+    let digest = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<PreseedError>())
+        .unwrap_or_else(|| panic!("not a preseed error: {err:#}"));
+    match digest {
+        PreseedError::ChartDigest {
+            expected, actual, ..
+        } => {
+            assert_eq!(expected, &hex::encode(Sha256::digest(&tgz)));
+            assert_eq!(actual, &hex::encode(Sha256::digest(&tampered)));
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    assert!(format!("{err:#}").contains("refusing a chart that is not the pinned one"));
+}
+
+#[test]
+fn sops_file_secrets_need_sops() {
+    // ha-cilium-argocd's token is a sops-file: the shared rendering never reads it…
+    let p = load("ha-cilium-argocd", &[]);
+    nodecfg::render_all(&p).unwrap();
+    // …the private one must, and says what is missing.
+    let err =
+        nodecfg::render_all_with(&p, &RenderOptions::default(), Destination::Private).unwrap_err();
+    let msg = format!("{err:#}");
+    let has_sops = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("sops").is_file());
+    if has_sops {
+        assert!(msg.contains("secrets/k3s-token.sops.yaml"), "{msg}");
+    } else {
+        assert!(
+            msg.contains("sops-file secrets need the `sops` binary on PATH"),
+            "{msg}"
+        );
+    }
+    assert!(msg.contains("cluster.token"), "{msg}");
+}

@@ -1,0 +1,151 @@
+//! The Proxmox image boots under OVMF (UEFI, VirtIO SCSI, TCG) to the k3s
+//! stand-in with the configuration the profile asked for, and a tampered
+//! root slot stops the boot with a verification message.
+
+use std::process::Command;
+use std::time::Duration;
+
+use labimg_qemu_tests::{Vm, build_once, run};
+
+const MAC: &str = "52:54:00:12:34:56";
+
+/// The shipped proxmox profile plus one node keyed by the VM's MAC.
+const PROFILE: &str = r#"
+extends = "proxmox.toml"
+
+[[nodes]]
+hostname = "pve-cp-1"
+mac = "52:54:00:12:34:56"
+role = "server"
+labels = { "topology.kubernetes.io/zone" = "rack-1" }
+
+# raw.xz is the slow output and not what this test boots.
+[outputs]
+formats = ["qcow2"]
+"#;
+
+fn image_name(dir: &std::path::Path) -> std::path::PathBuf {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    dir.join(format!("{}.qcow2", manifest["profile"].as_str().unwrap()))
+}
+
+#[test]
+fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
+    let out = build_once("proxmox", PROFILE).expect("building the proxmox profile");
+    let log = Vm::x86_64_uefi("proxmox-boot")
+        .unwrap()
+        .scsi_disk(&image_name(&out), "qcow2")
+        .unwrap()
+        .user_net(MAC)
+        .boot(None, Duration::from_secs(300))
+        .unwrap();
+    log.assert_absent("labimg: FATAL");
+    log.assert_in_order(&[
+        "labimg: stage1 start",
+        "labimg: modules loaded",
+        "labimg: root found",
+        "labimg: root verified",
+        "labimg: root mounted",
+        "labimg: stage2 start",
+        "labimg: state created",
+        "labimg: state mounted",
+        "labimg: network up",
+        "labimg: identity hostname=pve-cp-1 role=server",
+        "labimg: config written",
+        "labimg: k3s binary source=baked",
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: argv: server --config /etc/rancher/k3s/config.yaml",
+        "k3s-stand-in: hostname=pve-cp-1",
+        "k3s-stand-in: done, powering off",
+    ]);
+    // The rendered config, line by line (keys are sorted by the renderer).
+    let config: Vec<String> = log
+        .lines_with("k3s-stand-in: config| ")
+        .iter()
+        .map(|l| l["k3s-stand-in: config| ".len()..].to_owned())
+        .collect();
+    for want in [
+        "node-name: pve-cp-1",
+        "cluster-init: true",
+        "flannel-backend: none",
+        "disable-network-policy: true",
+        "- topology.kubernetes.io/zone=rack-1",
+        "cluster-cidr: 10.42.0.0/16",
+        "service-cidr: 10.43.0.0/16",
+    ] {
+        assert!(
+            config.iter().any(|l| l == want),
+            "k3s config lacks {want:?}: {config:#?}; log: {}",
+            log.keep().display()
+        );
+    }
+    assert!(
+        !config.iter().any(|l| l.starts_with("server:")),
+        "the first server must not join another: {config:#?}"
+    );
+    // The server manifests k3s applies at start: Cilium as the CNI.
+    assert_eq!(
+        log.lines_with("k3s-stand-in: manifest cilium.yaml").len(),
+        1,
+        "cilium manifest missing; log: {}",
+        log.keep().display()
+    );
+    assert!(
+        log.powered_off,
+        "the VM did not power off by itself; log: {}",
+        log.keep().display()
+    );
+}
+
+#[test]
+fn proxmox_image_with_a_tampered_root_slot_stops_with_a_verification_error() {
+    let out = build_once("proxmox", PROFILE).expect("building the proxmox profile");
+    let scratch = tempfile::tempdir().unwrap();
+    let raw = scratch.path().join("tampered.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(image_name(&out))
+        .arg(&raw))
+    .unwrap();
+    let table: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&raw)).unwrap())
+            .unwrap();
+    let part = table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "root-a")
+        .expect("root-a partition");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let root_size = manifest["root_image"]["size"].as_u64().unwrap();
+    // One byte in the middle of the squashfs: a real bit-rot or tamper.
+    let offset = part["start"].as_u64().unwrap() * 512 + root_size / 2;
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&raw)
+            .unwrap();
+        let mut b = [0u8];
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.write_all(&[b[0] ^ 0xff]).unwrap();
+    }
+    let log = Vm::x86_64_uefi("proxmox-tampered")
+        .unwrap()
+        .scsi_disk(&raw, "raw")
+        .unwrap()
+        .user_net(MAC)
+        .boot(Some("labimg: FATAL"), Duration::from_secs(300))
+        .unwrap();
+    log.assert_in_order(&[
+        "labimg: root found",
+        "labimg: FATAL: root verification failed",
+    ]);
+    log.assert_absent("labimg: root mounted");
+    log.assert_absent("k3s-stand-in");
+}

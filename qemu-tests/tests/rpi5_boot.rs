@@ -1,0 +1,142 @@
+//! The Raspberry Pi 5 image boots on QEMU's aarch64 `virt` machine to the k3s
+//! stand-in: the kernel, initramfs and command line are taken from the image's
+//! own boot-a partition (QEMU's loader plays the Pi firmware, which QEMU does
+//! not emulate) and the whole disk is attached as VirtIO block, so root slot A,
+//! its verification and STATE are the image's real ones.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use labimg_qemu_tests::{Vm, build_once, run};
+
+const MAC: &str = "52:54:00:12:34:57";
+
+/// The shipped pi5 profile plus one node keyed by the VM's MAC (`virt` has no
+/// Pi serial number in its device tree).
+const PROFILE: &str = r#"
+extends = "pi5.toml"
+
+[[nodes]]
+hostname = "pi-cp-1"
+mac = "52:54:00:12:34:57"
+role = "server"
+labels = { "topology.kubernetes.io/zone" = "shelf-1" }
+"#;
+
+/// Decompresses `<profile>.raw.xz` into `dir` (xz writes it sparse).
+fn raw_image(out: &Path, dir: &Path) -> PathBuf {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let name = manifest["profile"].as_str().unwrap();
+    let raw = dir.join(format!("{name}.raw"));
+    let status = Command::new("xz")
+        .args(["-dc", "-T0"])
+        .arg(out.join(format!("{name}.raw.xz")))
+        .stdout(Stdio::from(File::create(&raw).unwrap()))
+        .status()
+        .expect("running xz");
+    assert!(status.success(), "xz -dc failed: {status}");
+    raw
+}
+
+/// Copies the boot-a FAT partition out of `raw` and returns its path.
+fn boot_partition(raw: &Path, dir: &Path) -> PathBuf {
+    let table: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(raw)).unwrap()).unwrap();
+    let part = table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "boot-a")
+        .expect("boot-a partition")
+        .clone();
+    let img = dir.join("boot-a.img");
+    run(Command::new("dd")
+        .arg(format!("if={}", raw.display()))
+        .arg(format!("of={}", img.display()))
+        .args(["bs=512", "status=none"])
+        .arg(format!("skip={}", part["start"]))
+        .arg(format!("count={}", part["size"])))
+    .unwrap();
+    img
+}
+
+fn mcopy(fat: &Path, file: &str, dir: &Path) -> PathBuf {
+    let dst = dir.join(file);
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(fat)
+        .arg(format!("::/{file}"))
+        .arg(&dst))
+    .unwrap();
+    dst
+}
+
+#[test]
+fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
+    let out = build_once("pi5", PROFILE).expect("building the pi5 profile");
+    let scratch = tempfile::tempdir().unwrap();
+    let raw = raw_image(&out, scratch.path());
+    let boot = boot_partition(&raw, scratch.path());
+    let kernel = mcopy(&boot, "kernel_2712.img", scratch.path());
+    let initrd = mcopy(&boot, "initramfs.img", scratch.path());
+    let cmdline = std::fs::read_to_string(mcopy(&boot, "cmdline.txt", scratch.path())).unwrap();
+    // The Pi 5's debug UART is ttyAMA10; virt's PL011 is ttyAMA0.
+    assert!(
+        cmdline.starts_with("console=ttyAMA10,115200 "),
+        "cmdline.txt: {cmdline}"
+    );
+    let append = cmdline
+        .trim_end()
+        .replacen("console=ttyAMA10,115200", "console=ttyAMA0", 1);
+
+    let log = Vm::aarch64_virt("rpi5-boot")
+        .unwrap()
+        .direct_kernel(&kernel, &initrd, &append)
+        .virtio_disk(&raw, "raw")
+        .unwrap()
+        .user_net(MAC)
+        .boot(None, Duration::from_secs(300))
+        .unwrap();
+    log.assert_absent("labimg: FATAL");
+    log.assert_in_order(&[
+        "labimg: stage1 start",
+        "labimg: modules loaded",
+        "labimg: root found dev=/dev/vda4",
+        "labimg: root verified",
+        "labimg: root mounted",
+        "labimg: stage2 start",
+        "labimg: state created",
+        "labimg: state mounted",
+        "labimg: network up",
+        "labimg: identity hostname=pi-cp-1 role=server",
+        "labimg: config written",
+        "labimg: k3s binary source=baked",
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: argv: server --config /etc/rancher/k3s/config.yaml",
+        "k3s-stand-in: hostname=pi-cp-1",
+        "k3s-stand-in: done, powering off",
+    ]);
+    // The config's keys come in the renderer's order: check them as a set.
+    let config: Vec<String> = log.lines_with("k3s-stand-in: config| ");
+    for want in [
+        "node-name: pi-cp-1",
+        "cluster-init: true",
+        "flannel-backend: none",
+        "disable-network-policy: true",
+        "- topology.kubernetes.io/zone=shelf-1",
+    ] {
+        assert!(
+            config.iter().any(|l| l.ends_with(want)),
+            "{want:?} missing from the k3s config: {config:#?}; log: {}",
+            log.keep().display()
+        );
+    }
+    assert!(
+        log.powered_off,
+        "the VM did not power off by itself; log: {}",
+        log.keep().display()
+    );
+}
