@@ -3,6 +3,7 @@
 //! write the manifest, then publish the output folder in one rename.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -38,16 +39,27 @@ pub struct BuildOptions {
 }
 
 /// What a finished build reports.
+#[derive(Debug)]
 pub struct BuildResult {
     pub out_dir: PathBuf,
     pub outputs: Vec<OutputFile>,
 }
 
 /// Runs `f`, logging the step's name and duration.
+/// On a terminal a spinner shows the step is alive (xz of a disk takes a while).
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let start = Instant::now();
     tracing::info!("{name} …");
-    let out = f().with_context(|| name.to_owned())?;
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner().with_message(name.to_owned());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    });
+    let out = f().with_context(|| name.to_owned());
+    if let Some(bar) = spinner {
+        bar.finish_and_clear();
+    }
+    let out = out?;
     tracing::info!("{name} done in {:.1?}", start.elapsed());
     Ok(out)
 }
