@@ -5,6 +5,7 @@
 //! A failing boot keeps its serial log under `target/qemu-logs/` and prints
 //! the path, so CI artifacts show what the console said.
 
+
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,7 @@ pub fn build_once(name: &str, profile_text: &str) -> Result<PathBuf> {
         cache_dir: std::env::var_os("LABIMG_CACHE").map(PathBuf::from),
         source_date_epoch: Some(1_700_000_000),
         embed_secrets: false,
+        ..Default::default()
     };
     labimg_builder::build::build(&profile, &opts)?;
     Ok(out)
@@ -397,8 +399,111 @@ pub fn build_profile_file_once(name: &str, path: &Path, sets: &[String]) -> Resu
         cache_dir: std::env::var_os("LABIMG_CACHE").map(PathBuf::from),
         source_date_epoch: Some(1_700_000_000),
         embed_secrets: false,
+        ..Default::default()
     };
     labimg_builder::build::build(&profile, &opts)
         .with_context(|| format!("building {}", path.display()))?;
     Ok(out)
+}
+
+impl Vm {
+    /// An x86_64 BIOS machine (SeaBIOS, i440fx): what a Proxmox VM with the
+    /// default firmware is.
+    pub fn x86_64_bios(name: &str) -> Result<Vm> {
+        let args = [
+            "-machine",
+            "pc",
+            "-accel",
+            "tcg",
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Ok(Vm {
+            name: name.to_owned(),
+            args,
+            binary: "qemu-system-x86_64".into(),
+            work: tempfile::tempdir()?,
+        })
+    }
+
+    /// [`Vm::aarch64_virt`] with UEFI firmware (AAVMF, from `qemu-efi-aarch64`) as
+    /// pflash, on a private copy of the variable store: an arm64 UEFI server.
+    pub fn aarch64_uefi(name: &str) -> Result<Vm> {
+        let mut vm = Vm::aarch64_virt(name)?;
+        let vars = vm.work.path().join("AAVMF_VARS.fd");
+        std::fs::copy("/usr/share/AAVMF/AAVMF_VARS.fd", &vars)
+            .context("copying AAVMF vars (is qemu-efi-aarch64 installed?)")?;
+        vm.args.extend([
+            "-drive".into(),
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd".into(),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        ]);
+        Ok(vm)
+    }
+
+    /// The VM's name (its serial log is kept as `<name>.log`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Extra QEMU arguments, appended as given.
+    pub fn extra_args(mut self, args: &[&str]) -> Vm {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// A VirtIO NIC on tap device `tap` (which must exist where QEMU runs: see
+    /// [`Vm::in_netns`]), first in the firmware's boot order. `romfile` picks the
+    /// NIC's option ROM: `None` keeps QEMU's iPXE ROM, `Some("")` loads none, so
+    /// UEFI firmware uses its own driver and PXE client.
+    pub fn tap_net(mut self, tap: &str, mac: &str, romfile: Option<&str>) -> Vm {
+        let rom = romfile.map(|r| format!(",romfile={r}")).unwrap_or_default();
+        self.args.extend([
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1{rom}"),
+        ]);
+        self
+    }
+
+    /// Runs QEMU inside network namespace `ns` (`ip netns exec` execs QEMU, so
+    /// stopping the child stops QEMU).
+    pub fn in_netns(mut self, ns: &str) -> Vm {
+        let qemu = std::mem::replace(&mut self.binary, "ip".into());
+        let mut args: Vec<String> = ["netns", "exec", ns, &qemu]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.append(&mut self.args);
+        self.args = args;
+        self
+    }
+}
+
+impl Vm {
+    /// Attaches an existing qcow2 `overlay` on VirtIO SCSI (like
+    /// [`Vm::scsi_disk`]) without creating a fresh one, so that a test can boot
+    /// the same disk several times and see what earlier boots wrote to it.
+    pub fn scsi_existing_overlay(mut self, overlay: &Path) -> Vm {
+        self.args.extend([
+            "-device".into(),
+            "virtio-scsi-pci,id=scsi0".into(),
+            "-drive".into(),
+            format!("file={},if=none,id=hd0,format=qcow2", overlay.display()),
+            "-device".into(),
+            "scsi-hd,drive=hd0,bus=scsi0.0".into(),
+        ]);
+        self
+    }
 }
