@@ -86,6 +86,12 @@ sha256_of() {
 	fi
 }
 
+# uptime_cs: centiseconds since boot (for durations; busybox date has whole seconds).
+uptime_cs() {
+	labimg_up=$(cut -d' ' -f1 /proc/uptime)
+	echo $((${labimg_up%.*} * 100 + 1${labimg_up#*.} - 100))
+}
+
 # uevent_get SYSDIR KEY: value of KEY= in SYSDIR/uevent.
 uevent_get() {
 	sed -n "s/^$2=//p" "$1/uevent" 2>/dev/null

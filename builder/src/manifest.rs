@@ -45,6 +45,8 @@ pub struct Manifest<'a> {
     pub cmdline: BTreeMap<String, String>,
     pub initramfs_modules: Vec<String>,
     pub root_image: OutputFile,
+    /// dm-verity parameters of the root image (also on the command lines).
+    pub root_verity: crate::verity::Verity,
     pub k3s: K3sInfo,
     pub nodes: Vec<String>,
     pub inputs: InputSets<'a>,

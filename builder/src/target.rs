@@ -61,12 +61,19 @@ pub fn for_profile(profile: &Profile) -> Result<Box<dyn Target>> {
 }
 
 /// Kernel arguments every target shares: where root is and how to check it.
+/// The dm-verity parameters are the trust anchor stage 1 uses; the file's
+/// sha256 and size stay for stage 1s without dm-verity and for the record.
 pub fn common_cmdline(profile: &Profile, root: &RootImage, root_arg: String) -> Vec<String> {
+    let v = &root.verity;
     let mut args = vec![
         format!("console={}", profile.console()),
         root_arg,
         format!("labimg.root.sha256={}", root.sha256),
         format!("labimg.root.size={}", root.size),
+        format!("labimg.verity.roothash={}", v.root_hash),
+        format!("labimg.verity.salt={}", v.salt),
+        format!("labimg.verity.data-blocks={}", v.data_blocks),
+        format!("labimg.verity.hash-offset={}", v.hash_offset),
         "panic=10".to_owned(),
     ];
     args.extend(profile.kernel.cmdline.iter().cloned());

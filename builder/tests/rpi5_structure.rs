@@ -199,9 +199,15 @@ fn pi5_disk_has_autoboot_and_per_slot_boot_partitions_the_firmware_can_read() {
         cmdline,
         format!(
             "console=ttyAMA10,115200 labimg.root=PARTLABEL=root-a labimg.root.sha256={} \
-             labimg.root.size={} panic=10 labimg.slot=a cgroup_enable=memory cgroup_memory=1\n",
+             labimg.root.size={} labimg.verity.roothash={} labimg.verity.salt={} \
+             labimg.verity.data-blocks={} labimg.verity.hash-offset={} panic=10 labimg.slot=a \
+             cgroup_enable=memory cgroup_memory=1\n",
             sha256_hex(&root_bytes),
-            root_bytes.len()
+            root_bytes.len(),
+            root.verity.root_hash,
+            root.verity.salt,
+            root.verity.data_blocks,
+            root.verity.hash_offset
         )
     );
     assert_eq!(cmdline.lines().count(), 1, "cmdline.txt must be one line");
