@@ -22,6 +22,7 @@ pub mod node_files {
     pub const STAGE2: &str = include_str!("../node/stage2");
     pub const COMMON: &str = include_str!("../node/common.sh");
     pub const UDHCPC_SCRIPT: &str = include_str!("../node/udhcpc.script");
+    pub const UPGRADE: &str = include_str!("../node/upgrade");
 }
 
 /// The assembled root and what was taken out of it for the boot partition.
@@ -185,6 +186,8 @@ fn node_os(tree: &mut Tree, profile: &Profile, render: &RenderOptions) -> Result
     tree.insert_file("usr/lib/labimg/init", STAGE2, 0o755)?;
     tree.insert_file("usr/lib/labimg/common.sh", COMMON, 0o644)?;
     tree.insert_file("usr/lib/labimg/udhcpc.script", UDHCPC_SCRIPT, 0o755)?;
+    tree.insert_file("usr/lib/labimg/upgrade", UPGRADE, 0o755)?;
+    tree.insert_symlink("usr/sbin/labimg-upgrade", "../lib/labimg/upgrade")?;
     tree.insert_symlink("usr/sbin/init", "../lib/labimg/init")?;
     // Shared: the image is not a secret, so secrets go in only with --embed-secrets.
     let (dirs, index) = nodecfg::render_all_with(profile, render, Destination::Shared)?;

@@ -36,6 +36,12 @@ impl Target for Proxmox {
             "virtio_net",
             "squashfs",
             "loop",
+            // The upgrade agent and the boot blessing mount the ESP (FAT32);
+            // Debian's kernel mounts FAT with codepage 437 and UTF-8 names.
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "nls_utf8",
         ]
         .map(String::from)
         .to_vec()
@@ -97,6 +103,24 @@ fn volume_id(name: &str) -> u32 {
     u32::from_le_bytes([g[0], g[1], g[2], g[3]])
 }
 
+/// systemd-boot's configuration. `default` is a glob, and systemd-boot boots
+/// the first entry in its sorted list that matches: entries whose boot
+/// counter reached zero ("bad", `+0-N`) sort last, then (all entries carry the
+/// same `sort-key`) by `version`, newest first. So the newest slot that is not
+/// bad boots, a fresh trial entry (`labimg-b+3.conf`, higher version) is tried
+/// first, and a trial that used up its tries falls back to the other slot.
+/// The node's upgrade agent (`builder/node/upgrade`) writes the same format.
+const LOADER_CONF: &str = "default labimg-*\ntimeout 0\neditor no\nconsole-mode keep\n";
+
+/// A Boot Loader Spec entry for `slot`. `version` is `<generation>-<root
+/// sha256 prefix>`: the generation (1 for the factory image, +1 per upgrade)
+/// orders the entries, the hash names the root image.
+pub fn boot_entry(name: &str, slot: &str, version: &str, options: &str) -> String {
+    format!(
+        "title labimg {name} (slot {slot})\nsort-key labimg\nversion {version}\nlinux /labimg/{slot}/vmlinuz\ninitrd /labimg/{slot}/initrd.img\noptions {options}\n"
+    )
+}
+
 /// The ESP: systemd-boot as the removable-media default loader, one Boot
 /// Loader Spec entry per slot (slot B's entry is added by an upgrade).
 fn esp_tree(target: &Proxmox, i: &DiskInputs) -> Result<Tree> {
@@ -109,16 +133,12 @@ fn esp_tree(target: &Proxmox, i: &DiskInputs) -> Result<Tree> {
     let mut t = Tree::new();
     t.insert_file("EFI/BOOT/BOOTX64.EFI", sdboot.to_vec(), 0o644)?;
     t.insert_file("EFI/systemd/systemd-bootx64.efi", sdboot.to_vec(), 0o644)?;
-    t.insert_file(
-        "loader/loader.conf",
-        "default labimg-a.conf\ntimeout 0\neditor no\nconsole-mode keep\n",
-        0o644,
-    )?;
-    let entry = format!(
-        "title labimg {name} (slot a)\nversion {version}\nlinux /labimg/a/vmlinuz\ninitrd /labimg/a/initrd.img\noptions {opts}\n",
-        name = p.name,
-        version = i.root.sha256.get(..12).unwrap_or_default(),
-        opts = target.cmdline(p, i.root, "a").join(" "),
+    t.insert_file("loader/loader.conf", LOADER_CONF, 0o644)?;
+    let entry = boot_entry(
+        &p.name,
+        "a",
+        &format!("1-{}", i.root.sha256.get(..12).unwrap_or_default()),
+        &target.cmdline(p, i.root, "a").join(" "),
     );
     t.insert_file("loader/entries/labimg-a.conf", entry, 0o644)?;
     t.insert_file("labimg/a/vmlinuz", i.kernel.to_vec(), 0o644)?;

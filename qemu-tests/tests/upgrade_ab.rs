@@ -1,0 +1,308 @@
+//! A/B upgrades on the Proxmox image under OVMF (TCG), with the k3s stand-in:
+//! one qcow2 overlay is booted several times, so the ESP's boot entries and the
+//! STATE partition carry over from boot to boot as on a real disk.
+//!
+//! The node pulls `labimg.upgrade=http://10.0.2.100` (a profile kernel
+//! argument); QEMU's user network forwards that address (through `bash`'s
+//! `/dev/tcp`, one relay per connection) to an HTTP server in this test on
+//! 127.0.0.1 serving a second build's output folder. `-no-reboot`
+//! makes every guest reboot end QEMU, and the test boots the same disk again.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use labimg_qemu_tests::{SerialLog, Vm, build_once, run};
+
+const MAC: &str = "52:54:00:12:34:57";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The shipped proxmox profile, one node, pointed at the test's bundle server;
+/// `version` becomes a node label so that v1 and v2 differ in their root.
+fn profile(version: &str) -> String {
+    format!(
+        r#"
+extends = "proxmox.toml"
+
+[kernel]
+cmdline = ["labimg.upgrade=http://10.0.2.100"]
+
+[[nodes]]
+hostname = "pve-up-1"
+mac = "{MAC}"
+role = "server"
+labels = {{ "labimg.test/version" = "{version}" }}
+
+[outputs]
+formats = ["qcow2"]
+"#
+    )
+}
+
+/// Serves the files under `root` over HTTP/1.0 on 127.0.0.1 (GET only), for
+/// as long as the test process lives. Returns the port.
+fn serve(root: PathBuf) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the bundle server");
+    let port = listener.local_addr().expect("local addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&conn);
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let path = request.split(' ').nth(1).unwrap_or("/");
+                let file = (!path.contains(".."))
+                    .then(|| root.join(path.trim_start_matches('/')))
+                    .and_then(|p| std::fs::File::open(p).ok());
+                let mut out = &conn;
+                match file {
+                    Some(mut f) => {
+                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        let _ = write!(
+                            out,
+                            "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = std::io::copy(&mut f, &mut out);
+                    }
+                    None => {
+                        let _ = write!(out, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// The bundle a node downloads: `upgrade.json` and the netboot files, copied
+/// so that a test can tamper with them.
+fn copy_bundle(out: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst.join("netboot")).unwrap();
+    std::fs::copy(out.join("upgrade.json"), dst.join("upgrade.json")).unwrap();
+    for f in ["vmlinuz", "initrd.img", "root.squashfs"] {
+        std::fs::copy(out.join("netboot").join(f), dst.join("netboot").join(f)).unwrap();
+    }
+}
+
+/// A test machine: the v1 image behind one persistent overlay, the bundle
+/// server, and a boot counter for log names.
+struct Node {
+    name: &'static str,
+    overlay: PathBuf,
+    port: u16,
+    boots: u32,
+    _scratch: tempfile::TempDir,
+}
+
+impl Node {
+    fn new(name: &'static str, v1: &Path, bundle: PathBuf, scratch: tempfile::TempDir) -> Node {
+        let overlay = scratch.path().join("disk.qcow2");
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(v1.join("proxmox.qcow2"))
+            .arg(&overlay)
+            .arg("4G"))
+        .unwrap();
+        Node {
+            name,
+            overlay,
+            port: serve(bundle),
+            boots: 0,
+            _scratch: scratch,
+        }
+    }
+
+    fn boot(&mut self) -> SerialLog {
+        self.boots += 1;
+        let log_name = format!("{}-boot{}", self.name, self.boots);
+        // guestfwd to a chardev carries one connection only; `cmd:` spawns the
+        // command per guest connection: bash's /dev/tcp relays it to the server.
+        let netdev = format!(
+            "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{}; cat <&3 & cat >&3'",
+            self.port
+        );
+        let device = format!("virtio-net-pci,netdev=n0,mac={MAC}");
+        let log = Vm::x86_64_uefi(&log_name)
+            .unwrap()
+            .scsi_existing_overlay(&self.overlay)
+            .extra_args(&["-netdev", &netdev, "-device", &device])
+            .boot(None, BOOT_TIMEOUT)
+            .unwrap();
+        eprintln!("{log_name}: {:.0?}", log.elapsed);
+        log
+    }
+}
+
+fn builds() -> (PathBuf, PathBuf) {
+    let v1 = build_once("upgrade-v1", &profile("v1")).expect("building v1");
+    let v2 = build_once("upgrade-v2", &profile("v2")).expect("building v2");
+    (v1, v2)
+}
+
+fn version_of(out: &Path) -> String {
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("upgrade.json")).unwrap()).unwrap();
+    j["version"].as_str().unwrap().to_owned()
+}
+
+fn config_lines(log: &SerialLog) -> Vec<String> {
+    log.lines_with("k3s-stand-in: config| ")
+        .iter()
+        .map(|l| l["k3s-stand-in: config| ".len()..].to_owned())
+        .collect()
+}
+
+#[test]
+fn upgrade_ab_stages_slot_b_boots_it_as_a_trial_and_blesses_it() {
+    let started = Instant::now();
+    let (v1, v2) = builds();
+    let scratch = tempfile::tempdir().unwrap();
+    let bundle = scratch.path().join("bundle");
+    copy_bundle(&v2, &bundle);
+    let v2_version = version_of(&v2);
+    let mut node = Node::new("upgrade-good", &v1, bundle, scratch);
+
+    // Boot 1: v1 from slot A creates STATE, finds v2 and stages it into slot B.
+    let log = node.boot();
+    log.assert_absent("labimg: FATAL");
+    log.assert_absent("labimg: boot trial");
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/sda2",
+        "labimg: state created",
+        "labimg: network up",
+        &format!("labimg: upgrade started slot=b version={v2_version}"),
+        "labimg: upgrade root written dev=/dev/sda3",
+        &format!("labimg: upgrade staged slot=b version={v2_version} tries=3"),
+        "labimg: rebooting into slot b",
+    ]);
+    log.assert_absent("k3s-stand-in");
+
+    // Boot 2: systemd-boot tries the new entry first; the trial reaches k3s and is
+    // blessed; STATE is the one boot 1 created.
+    let log = node.boot();
+    log.assert_absent("labimg: FATAL");
+    log.assert_absent("labimg: state created");
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/sda3",
+        "labimg: root verified",
+        "labimg: boot trial slot=b deadline=600s",
+        "labimg: state mounted dev=/dev/sda4",
+        &format!("labimg: upgrade check version={v2_version} up-to-date"),
+        "labimg: boot blessed slot=b",
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: done, powering off",
+    ]);
+    let config = config_lines(&log);
+    assert!(
+        config.iter().any(|l| l == "- labimg.test/version=v2"),
+        "slot B does not run v2's config: {config:#?}; log: {}",
+        log.keep().display()
+    );
+
+    // Boot 3: the blessed entry has no counter and no trial arguments any more.
+    let log = node.boot();
+    log.assert_absent("labimg: FATAL");
+    log.assert_absent("labimg: boot trial");
+    log.assert_absent("labimg: state created");
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/sda3",
+        "labimg: state mounted dev=/dev/sda4",
+        "k3s-stand-in: done, powering off",
+    ]);
+    eprintln!("good upgrade: {:.0?} in all", started.elapsed());
+}
+
+#[test]
+fn upgrade_ab_refuses_a_bundle_whose_root_does_not_match_its_sha256() {
+    let (v1, v2) = builds();
+    let scratch = tempfile::tempdir().unwrap();
+    let bundle = scratch.path().join("bundle");
+    copy_bundle(&v2, &bundle);
+    // One byte in the middle of the served root image, after its sha256 was recorded.
+    let root = bundle.join("netboot/root.squashfs");
+    let mut data = std::fs::read(&root).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&root, data).unwrap();
+    let mut node = Node::new("upgrade-corrupt", &v1, bundle, scratch);
+
+    let log = node.boot();
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/sda2",
+        "labimg: upgrade started slot=b",
+        "labimg: upgrade refused: root image written to /dev/sda3 has sha256",
+        // The running system carries on.
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: done, powering off",
+    ]);
+    log.assert_absent("labimg: upgrade staged");
+    log.assert_absent("labimg: FATAL");
+}
+
+#[test]
+fn upgrade_ab_falls_back_to_slot_a_when_the_trial_boot_fails() {
+    let started = Instant::now();
+    let (v1, v2) = builds();
+    let scratch = tempfile::tempdir().unwrap();
+    let bundle = scratch.path().join("bundle");
+    copy_bundle(&v2, &bundle);
+    // Slot B's command line names a root hash its image does not have: stage 1
+    // refuses every trial boot of slot B.
+    let meta = bundle.join("upgrade.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let b = j["cmdline"]["b"].as_str().unwrap();
+    let hash = b
+        .split(' ')
+        .find_map(|a| a.strip_prefix("labimg.verity.roothash="))
+        .expect("slot b's cmdline has a dm-verity root hash");
+    std::fs::write(&meta, text.replace(hash, &"0".repeat(hash.len()))).unwrap();
+    let v2_version = version_of(&v2);
+    let mut node = Node::new("upgrade-rollback", &v1, bundle, scratch);
+
+    let log = node.boot();
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/sda2",
+        &format!("labimg: upgrade staged slot=b version={v2_version} tries=3"),
+        "labimg: rebooting into slot b",
+    ]);
+
+    // Three tries of slot B, each stopped by stage 1 and rebooted.
+    for _ in 0..3 {
+        let log = node.boot();
+        log.assert_in_order(&[
+            "labimg: root found dev=/dev/sda3",
+            "labimg: FATAL: root verification failed",
+        ]);
+        log.assert_absent("labimg: root mounted");
+    }
+
+    // Tries used up: systemd-boot sorts the bad entry last and boots slot A, which
+    // does not stage the same failed version again.
+    let log = node.boot();
+    log.assert_absent("labimg: FATAL");
+    log.assert_absent("labimg: state created");
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/sda2",
+        "labimg: state mounted dev=/dev/sda4",
+        &format!("labimg: upgrade skipped version={v2_version} reason=failed-trial"),
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: done, powering off",
+    ]);
+    let config = config_lines(&log);
+    assert!(
+        config.iter().any(|l| l == "- labimg.test/version=v1"),
+        "slot A does not run v1's config: {config:#?}; log: {}",
+        log.keep().display()
+    );
+    eprintln!("rollback: {:.0?} in all", started.elapsed());
+}
