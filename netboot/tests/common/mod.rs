@@ -106,7 +106,10 @@ pub fn fixture(http_port: u16) -> Fixture {
     let cfg = Config {
         advertise: Ipv4Addr::LOCALHOST,
         http_port,
-        images: Images { dir: images },
+        images: Images {
+            dir: images,
+            verifier: None,
+        },
         ipxe_dir: copy_ipxe(&dir.path().join("ipxe")),
     };
     let shared = Shared::new(cfg, inv, &dir.path().join("state")).unwrap();

@@ -1,0 +1,138 @@
+//! `serve --public-key` in-process over HTTP: a signed, intact profile is served; a
+//! tampered one is refused as a whole (artifacts 404, the boot script says why) until
+//! it is intact again; unsigned or foreign-signed profiles are refused too.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{CP_MAC, fixture};
+use http_body_util::BodyExt;
+use labimg_builder::manifest::hash_outputs;
+use labimg_builder::sign::{self, KeyProtection};
+use labimg_netboot::images::Images;
+use labimg_netboot::inventory::Inventory;
+use labimg_netboot::verify::Verifier;
+use labimg_netboot::{Config, Shared, http::router};
+use tower::ServiceExt;
+
+async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Vec<u8>) {
+    let req = Request::get(uri).body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, body.to_vec())
+}
+
+/// Writes `SHA256SUMS` as the build does (the fixture's hostile symlinks are left
+/// out: a build never writes them) and signs it.
+fn sign_profile(dir: &Path, key: &Path) {
+    let sums: String = hash_outputs(dir)
+        .unwrap()
+        .iter()
+        .filter(|o| !o.path.ends_with("evil"))
+        .map(|o| format!("{}  {}\n", o.sha256, o.path))
+        .collect();
+    std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+    sign::sign_dir(dir, key).unwrap();
+}
+
+/// The fixture's shared state, but checking signatures with `public`.
+fn signed_app(f: &common::Fixture, public: &Path) -> axum::Router {
+    let cfg = Config {
+        images: Images {
+            dir: f.shared.cfg.images.dir.clone(),
+            verifier: Some(Arc::new(Verifier::load(public).unwrap())),
+        },
+        ..f.shared.cfg.clone()
+    };
+    let inv = Inventory::load(&f.dir.path().join("inventory.toml")).unwrap();
+    router(Shared::new(cfg, inv, &f.dir.path().join("state")).unwrap())
+}
+
+#[tokio::test]
+async fn tampered_profile_is_refused_and_intact_one_served() {
+    let f = fixture(8080);
+    let images = f.shared.cfg.images.dir.clone();
+    let keys = sign::generate_keypair(&f.dir.path().join("keys"), KeyProtection::None).unwrap();
+    sign_profile(&images.join("proxmox"), &keys.secret);
+    sign_profile(&images.join("pi5"), &keys.secret);
+    let app = signed_app(&f, &keys.public);
+
+    let (st, body) = get(&app, "/images/pi5/vmlinuz").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body == f.pi_kernel);
+    let (st, _) = get(&app, "/images/proxmox/vmlinuz").await;
+    assert_eq!(st, StatusCode::OK);
+
+    // Swap the Proxmox initramfs: the whole profile is refused, even its untouched kernel.
+    let initrd = images.join("proxmox/netboot/initrd.img");
+    let original = std::fs::read(&initrd).unwrap();
+    std::fs::write(&initrd, b"#!/bin/sh\nevil\n").unwrap();
+    for file in ["initrd.img", "vmlinuz", "root.squashfs"] {
+        let (st, _) = get(&app, &format!("/images/proxmox/{file}")).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{file} of a tampered profile");
+    }
+    let (st, body) = get(&app, &format!("/boot.ipxe?mac={CP_MAC}")).await;
+    let body = String::from_utf8(body).unwrap();
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        body.contains("profile proxmox refused") && body.contains("netboot/initrd.img"),
+        "the boot script names the refused file: {body}"
+    );
+    // The other profile is not affected.
+    let (st, _) = get(&app, "/images/pi5/initrd.img").await;
+    assert_eq!(st, StatusCode::OK);
+
+    // A file added beside the signed ones is refused too.
+    std::fs::write(&initrd, &original).unwrap();
+    std::fs::write(
+        images.join("pi5/netboot/rpi/extra.txt"),
+        b"dtoverlay=evil\n",
+    )
+    .unwrap();
+    let (st, _) = get(&app, "/images/pi5/vmlinuz").await;
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "unlisted file in a signed profile"
+    );
+    std::fs::remove_file(images.join("pi5/netboot/rpi/extra.txt")).unwrap();
+
+    // Restored: the changed stamps trigger a new check, which passes.
+    let (st, body) = get(&app, "/images/proxmox/initrd.img").await;
+    assert_eq!(st, StatusCode::OK, "restored profile is served again");
+    assert!(body == original);
+    let (st, _) = get(&app, "/images/pi5/vmlinuz").await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unsigned_and_foreign_signed_profiles_are_refused() {
+    let f = fixture(8080);
+    let images = f.shared.cfg.images.dir.clone();
+    let ours = sign::generate_keypair(&f.dir.path().join("ours"), KeyProtection::None).unwrap();
+    let theirs = sign::generate_keypair(&f.dir.path().join("theirs"), KeyProtection::None).unwrap();
+    sign_profile(&images.join("proxmox"), &theirs.secret);
+    sign_profile(&images.join("pi5"), &ours.secret);
+    std::fs::remove_file(images.join("pi5/SHA256SUMS.minisig")).unwrap();
+    let app = signed_app(&f, &ours.public);
+    let (st, _) = get(&app, "/images/proxmox/vmlinuz").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "signed by another key");
+    let (st, _) = get(&app, "/images/pi5/vmlinuz").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "not signed");
+    let (_, body) = get(&app, &format!("/boot.ipxe?mac={CP_MAC}")).await;
+    let body = String::from_utf8(body).unwrap();
+    assert!(
+        body.contains(&format!("made by key {}", theirs.id)),
+        "says which key signed: {body}"
+    );
+    // Signing it with our key makes it servable, with no restart.
+    sign::sign_dir(&images.join("pi5"), &ours.secret).unwrap();
+    let (st, body) = get(&app, "/images/pi5/vmlinuz").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(body == f.pi_kernel);
+}
