@@ -59,6 +59,10 @@ enum Command {
         /// per-node images you do not share. Netboot artifacts never carry secrets.
         #[arg(long)]
         embed_secrets: bool,
+        /// Sign SHA256SUMS with this minisign secret key (writes SHA256SUMS.minisig;
+        /// an encrypted key's password comes from LABIMG_SIGN_PASSWORD or the terminal).
+        #[arg(long, value_name = "FILE")]
+        sign_key: Option<PathBuf>,
     },
     /// Resolve, download and verify every Debian package a profile needs; print the set.
     Fetch {
@@ -77,6 +81,27 @@ enum Command {
     Inspect {
         /// An output folder such as images/proxmox, or a manifest.json.
         path: PathBuf,
+        /// Also require SHA256SUMS.minisig to be a valid signature by this minisign public key.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+    },
+    /// Sign a built folder's SHA256SUMS with a minisign secret key (writes SHA256SUMS.minisig).
+    Sign {
+        /// An output folder such as images/proxmox.
+        dir: PathBuf,
+        /// minisign secret key (`labimg keygen`, or `minisign -G`; encrypted keys take
+        /// their password from LABIMG_SIGN_PASSWORD or the terminal).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Create a minisign key pair (labimg.key, labimg.pub) in a folder.
+    Keygen {
+        /// Folder for the keys (created if missing; existing keys are never overwritten).
+        dir: PathBuf,
+        /// Encrypt the secret key with a password (LABIMG_SIGN_PASSWORD or typed);
+        /// without it the key is unencrypted, for unattended builds.
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
@@ -125,6 +150,10 @@ struct ServeArgs {
     /// iPXE binaries (default: <images>/ipxe).
     #[arg(long)]
     ipxe_dir: Option<PathBuf>,
+    /// Serve only profiles whose SHA256SUMS this minisign public key signed and whose
+    /// netboot files match it (default: no check, with a warning).
+    #[arg(long, value_name = "FILE")]
+    public_key: Option<PathBuf>,
 }
 
 impl From<ServeArgs> for labimg_netboot::ServeOptions {
@@ -143,6 +172,7 @@ impl From<ServeArgs> for labimg_netboot::ServeOptions {
             dns: a.dns,
             state_dir: a.state_dir,
             ipxe_dir: a.ipxe_dir,
+            public_key: a.public_key,
             ..Default::default()
         }
     }
@@ -176,6 +206,7 @@ fn run(args: Args) -> Result<()> {
             k3s_binary,
             cache,
             embed_secrets,
+            sign_key,
         } => {
             let p = cli::load_profile(&profile.profile, &profile.sets, dir)?;
             let opts = build::BuildOptions {
@@ -184,6 +215,7 @@ fn run(args: Args) -> Result<()> {
                 cache_dir: cache,
                 source_date_epoch: None,
                 embed_secrets,
+                sign_key,
             };
             cli::build(&p, &opts)
         }
@@ -199,7 +231,9 @@ fn run(args: Args) -> Result<()> {
             cli::profile_validate(&profiles, dir)
         }
         Command::Serve(serve) => labimg_netboot::serve((*serve).into()),
-        Command::Inspect { path } => cli::inspect(&path),
+        Command::Inspect { path, public_key } => cli::inspect(&path, public_key.as_deref()),
+        Command::Sign { dir, key } => cli::sign(&dir, &key),
+        Command::Keygen { dir, encrypt } => cli::keygen(&dir, encrypt),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

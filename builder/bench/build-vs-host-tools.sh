@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): `labimg build --profile proxmox` from a warm cache
 # against the classic host-tool pipeline assembling the same staging tree:
-# mksquashfs, cpio+zstd, mkfs.vfat+mcopy, sfdisk, dd, xz -T0, qemu-img.
+# mksquashfs + veritysetup, cpio+zstd, mkfs.vfat+mcopy, sfdisk, dd, xz -T0, qemu-img.
 # Both run in the same session on the same machine; the ratio is what matters.
 #
 #   bash builder/bench/build-vs-host-tools.sh [profile]   (default: proxmox)
@@ -16,14 +16,17 @@ labimg=target/release/labimg
 stand_in=qemu-tests/stand-in/k3s
 
 echo "# warm-up build (fills the download cache; not timed)"
-$labimg build --profile "$profile" --k3s-binary "$stand_in" --out "$work/warm" 2>/dev/null >/dev/null
+$labimg build --profile "$profile" --k3s-binary "$stand_in" --out "$work/warm" >/dev/null 2>"$work/warm.log" \
+    || { tail -20 "$work/warm.log" >&2; exit 1; }
+rm -rf "$work/warm"
 
 echo "# labimg build, warm cache"
 t0=$(date +%s.%N)
-$labimg build --profile "$profile" --k3s-binary "$stand_in" --out "$work/labimg" 2>"$work/labimg.log" >/dev/null
+$labimg build --profile "$profile" --k3s-binary "$stand_in" --out "$work/labimg" 2>"$work/labimg.log" >/dev/null \
+    || { tail -20 "$work/labimg.log" >&2; exit 1; }
 t1=$(date +%s.%N)
 labimg_s=$(echo "$t1 - $t0" | bc)
-grep -E "done in" "$work/labimg.log" | sed 's/^/  /'
+grep -E "done in" "$work/labimg.log" | sed 's/^/  /' || true
 
 echo "# the same staging trees on disk for the host tools (not timed)"
 out="$work/labimg"
@@ -44,6 +47,12 @@ h="$work/host"; mkdir -p "$h"
 t0=$(date +%s.%N)
 (cd "$work/initrd" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | zstd -19 -q -T0 > "$h/initrd.img")
 mksquashfs "$work/root" "$h/root.squashfs" -comp zstd -b 128K -noappend -all-root -quiet >/dev/null
+# dm-verity hash tree appended after the 4 KiB-padded squashfs, as labimg's root image has it.
+sq_bytes=$(stat -c %s "$h/root.squashfs")
+hash_offset=$(( (sq_bytes + 4095) / 4096 * 4096 ))
+truncate -s "$hash_offset" "$h/root.squashfs"
+veritysetup format --hash-offset="$hash_offset" --data-blocks=$((hash_offset / 4096)) \
+    "$h/root.squashfs" "$h/root.squashfs" >/dev/null
 mkfs.vfat -F 32 -n LABIMG-ESP -C "$h/esp.img" $((esp_size / 2)) >/dev/null
 mcopy -s -i "$h/esp.img" "$work/esp/"* ::/
 truncate -s "$disk_bytes" "$h/disk.raw"

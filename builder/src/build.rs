@@ -36,6 +36,8 @@ pub struct BuildOptions {
     /// Put secrets (k3s token, Git credentials) into the disk images too, for
     /// per-node images that are not shared. Netboot artifacts never get them.
     pub embed_secrets: bool,
+    /// minisign secret key: sign `SHA256SUMS` into `SHA256SUMS.minisig` before publishing.
+    pub sign_key: Option<PathBuf>,
 }
 
 /// What a finished build reports.
@@ -78,6 +80,12 @@ impl Drop for Staging {
 /// Builds every output of `profile`.
 pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     let target = target::for_profile(profile)?;
+    // Loaded (and decrypted) first, so a wrong password fails before a long build.
+    let sign_key = opts
+        .sign_key
+        .as_deref()
+        .map(crate::sign::load_secret_key)
+        .transpose()?;
     let epoch = opts.source_date_epoch.unwrap_or_else(|| {
         std::env::var("SOURCE_DATE_EPOCH")
             .ok()
@@ -136,6 +144,10 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
 
     let mut modules = target.boot_modules();
     modules.extend(profile.kernel.modules.iter().cloned());
+    anyhow::ensure!(
+        rootfs.tree.get_follow(crate::initramfs::DMSETUP).is_some(),
+        "the profile's packages lack dmsetup (Debian package `dmsetup`), which stage 1 needs to open the dm-verity root"
+    );
     let initramfs = step("make initramfs", || {
         make_initramfs(&rootfs.tree, &modules, epoch)
     })?;
@@ -185,8 +197,28 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
             &cmdline["a"],
         )
     })?;
+    // Before hash_outputs, so SHA256SUMS and the manifest list it.
+    step("write upgrade bundle", || {
+        crate::upgrade::write_upgrade_json(work, &root, &cmdline).map(|_| ())
+    })?;
     let nodes = step("write node configs", || {
         write_node_dirs(work, profile, &render)
+    })?;
+
+    step("write sbom", || {
+        use sha2::Digest;
+        crate::sbom::write_sbom(
+            work,
+            &crate::sbom::SbomInputs {
+                profile,
+                root: &root,
+                inputs: resolved.sets(),
+                k3s: &k3s,
+                kernel_version: &rootfs.kernel_version,
+                kernel_sha256: &hex::encode(sha2::Sha256::digest(&rootfs.kernel)),
+                epoch,
+            },
+        )
     })?;
 
     let outputs = manifest::hash_outputs(work)?;
@@ -205,12 +237,16 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         cmdline,
         initramfs_modules: initramfs.modules.clone(),
         root_image: root_file,
+        root_verity: root.verity.clone(),
         k3s,
         nodes,
         inputs: resolved.sets(),
         outputs: outputs.clone(),
     };
     manifest::write_manifest(work, &manifest)?;
+    if let Some(key) = &sign_key {
+        step("sign SHA256SUMS", || crate::sign::sign_sums(work, key))?;
+    }
     publish(&staging.0, &out_dir)?;
     Ok(BuildResult { out_dir, outputs })
 }

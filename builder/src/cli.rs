@@ -9,6 +9,7 @@ use crate::build::{BuildOptions, build as run_build};
 use crate::debian::{Cache, cache::hash_file};
 use crate::inputs::{fetch_inputs, resolve_inputs};
 use crate::profile::{self, Profile};
+use crate::sign;
 use crate::target;
 
 /// Loads a profile; validation problems become one error listing them all.
@@ -105,8 +106,9 @@ pub fn profile_validate(names: &[String], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `labimg inspect`: summarize a build and check its SHA256SUMS.
-pub fn inspect(path: &Path) -> Result<()> {
+/// `labimg inspect`: summarize a build and check its SHA256SUMS; with a
+/// public key, first check that key's signature over SHA256SUMS.
+pub fn inspect(path: &Path, public_key: Option<&Path>) -> Result<()> {
     let dir = if path.is_dir() {
         path
     } else {
@@ -138,6 +140,20 @@ pub fn inspect(path: &Path) -> Result<()> {
     if let Some(cmd) = m["cmdline"]["a"].as_str() {
         println!("cmdline   {cmd}");
     }
+    if let Some(hash) = m["root_verity"]["root_hash"].as_str() {
+        println!("root      dm-verity root hash {hash}");
+    }
+    let sbom = dir.join(format!("{}.spdx.json", s(&m["profile"])));
+    if sbom.exists() {
+        print!("{}", crate::sbom::summary(&sbom)?);
+    } else {
+        println!("sbom      none ({} is missing)", sbom.display());
+    }
+    if let Some(key) = public_key {
+        let pk = sign::load_public_key(key)?;
+        sign::verify_signature(dir, &pk)?;
+        println!("signature SHA256SUMS signed by key {}", sign::key_id(&pk));
+    }
     let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).context("reading SHA256SUMS")?;
     let mut bad = Vec::new();
     for line in sums.lines() {
@@ -159,5 +175,36 @@ pub fn inspect(path: &Path) -> Result<()> {
             bad.join(", ")
         );
     }
+    Ok(())
+}
+
+/// `labimg sign <dir> --key <file>`: sign a build's SHA256SUMS in place.
+pub fn sign(dir: &Path, key: &Path) -> Result<()> {
+    let sig = sign::sign_dir(dir, key)?;
+    println!(
+        "signed {} → {}",
+        dir.join(sign::SUMS_FILE).display(),
+        sig.display()
+    );
+    Ok(())
+}
+
+/// `labimg keygen <dir> [--encrypt]`: a new minisign key pair. Encrypted keys
+/// take their password from `$LABIMG_SIGN_PASSWORD`, else from the terminal.
+pub fn keygen(dir: &Path, encrypt: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    let protection = match (encrypt, std::env::var(sign::PASSWORD_ENV)) {
+        (false, _) => sign::KeyProtection::None,
+        (true, Ok(p)) => sign::KeyProtection::Password(p),
+        (true, Err(_)) if std::io::stdin().is_terminal() => sign::KeyProtection::Prompt,
+        (true, Err(_)) => bail!(
+            "--encrypt needs a password: set {} or run on a terminal",
+            sign::PASSWORD_ENV
+        ),
+    };
+    let keys = sign::generate_keypair(dir, protection)?;
+    println!("key id     {}", keys.id);
+    println!("secret key {} (keep it private)", keys.secret.display());
+    println!("public key {}", keys.public.display());
     Ok(())
 }

@@ -80,12 +80,28 @@ pub fn kernel_cmdline(shared: &Shared, t: &BootTarget) -> String {
         args.push(format!("labimg.token={token}"));
     }
     args.push(format!("labimg.events={base}/v1/events"));
-    for extra in [&t.info.cmdline, &t.kernel_args] {
-        if !extra.trim().is_empty() {
-            args.push(extra.trim().to_string());
-        }
-    }
+    args.extend(profile_then_node_args(&t.info.cmdline, &t.kernel_args));
     args.join(" ")
+}
+
+/// The profile's cmdline, then the inventory's kernel args. An inventory `console=`
+/// replaces the profile's: Linux sends nothing to a later console= when an earlier
+/// one names a port the machine lacks (the Pi's ttyAMA10 on another arm64 board), so
+/// appending alone would leave the console silent.
+fn profile_then_node_args(profile: &str, node: &str) -> Vec<String> {
+    let node_sets_console = node.split_whitespace().any(|a| a.starts_with("console="));
+    let profile_args: Vec<&str> = profile
+        .split_whitespace()
+        .filter(|a| !(node_sets_console && a.starts_with("console=")))
+        .collect();
+    let mut out = Vec::new();
+    if !profile_args.is_empty() {
+        out.push(profile_args.join(" "));
+    }
+    if !node.trim().is_empty() {
+        out.push(node.trim().to_string());
+    }
+    out
 }
 
 /// The iPXE script for a MAC.
@@ -108,4 +124,24 @@ pub fn ipxe_script(shared: &Shared, mac: &Mac) -> Result<String> {
         i = t.info.initrd,
         cmd = kernel_cmdline(shared, &t),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_console_replaces_the_profiles() {
+        let profile = "console=ttyAMA10,115200 panic=10";
+        assert_eq!(
+            profile_then_node_args(profile, " console=ttyAMA0 labimg.debug=1 "),
+            ["panic=10", "console=ttyAMA0 labimg.debug=1"]
+        );
+        assert_eq!(
+            profile_then_node_args(profile, "labimg.debug=1"),
+            [profile, "labimg.debug=1"]
+        );
+        assert_eq!(profile_then_node_args(profile, ""), [profile]);
+        assert!(profile_then_node_args("", "").is_empty());
+    }
 }

@@ -43,15 +43,22 @@ pub fn is_plain_name(s: &str) -> bool {
 pub struct Images {
     /// The `--images` directory.
     pub dir: PathBuf,
+    /// With `--public-key`: a profile is served only while its signature and files check out.
+    pub verifier: Option<std::sync::Arc<crate::verify::Verifier>>,
 }
 
 impl Images {
-    /// `<dir>/<profile>/netboot`.
+    /// `<dir>/<profile>/netboot`; an error when the profile's signature or files
+    /// do not verify. Everything served from a profile comes through here.
     pub fn netboot_dir(&self, profile: &str) -> Result<PathBuf> {
         if !is_plain_name(profile) {
             bail!("invalid profile name {profile:?}");
         }
-        Ok(self.dir.join(profile).join("netboot"))
+        let dir = self.dir.join(profile);
+        if let Some(v) = &self.verifier {
+            v.check(&dir)?;
+        }
+        Ok(dir.join("netboot"))
     }
 
     /// Reads `<profile>/netboot/netboot.json`.

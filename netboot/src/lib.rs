@@ -10,10 +10,12 @@ pub mod events;
 pub mod http;
 pub mod images;
 pub mod inventory;
+pub mod ipxe;
 pub mod metrics;
 pub mod net;
 pub mod tftp;
 pub mod tokens;
+pub mod verify;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -68,6 +70,8 @@ pub struct ServeOptions {
     pub ipxe_dir: Option<PathBuf>,
     /// Most concurrent TFTP transfers (64).
     pub tftp_max_transfers: usize,
+    /// minisign public key: serve only profiles it signed (see [`verify`]); `None` checks nothing.
+    pub public_key: Option<PathBuf>,
 }
 
 impl Default for ServeOptions {
@@ -94,6 +98,7 @@ impl Default for ServeOptions {
             state_dir: PathBuf::from("/var/lib/labimg"),
             ipxe_dir: None,
             tftp_max_transfers: 64,
+            public_key: None,
         }
     }
 }
@@ -182,12 +187,28 @@ pub async fn serve_async(opts: ServeOptions) -> Result<()> {
         http_port: opts.http_addr.port(),
         images: images::Images {
             dir: opts.images.clone(),
+            verifier: verify::for_images(opts.public_key.as_deref(), &opts.images)?,
         },
         ipxe_dir: opts
             .ipxe_dir
             .clone()
             .unwrap_or_else(|| opts.images.join("ipxe")),
     };
+    // Fetched before anything listens, so the first PXE client finds its binary. A
+    // failure (offline appliance) is logged, not fatal: Raspberry Pis and machines
+    // whose binaries are already there still boot.
+    let ipxe_dir = cfg.ipxe_dir.clone();
+    let fetched = tokio::task::spawn_blocking(move || {
+        labimg_builder::debian::Cache::open_default().and_then(|c| ipxe::ensure(&ipxe_dir, c))
+    })
+    .await
+    .context("iPXE fetch task panicked")?;
+    if let Err(e) = fetched {
+        tracing::warn!(
+            "iPXE binaries missing in {} and not fetched: {e:#}",
+            cfg.ipxe_dir.display()
+        );
+    }
     let shared = Shared::new(cfg, inv, &opts.state_dir)?;
     tokio::spawn(inventory::watch(
         opts.inventory.clone(),

@@ -5,6 +5,7 @@
 //! A failing boot keeps its serial log under `target/qemu-logs/` and prints
 //! the path, so CI artifacts show what the console said.
 
+pub mod netns;
 
 use std::fs::File;
 use std::io::Read;

@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): the labimg netboot appliance against the reference tools,
+# in the same run on the same machine, all inside a throw-away network namespace:
+#   (a) PXE boot of an x86_64 BIOS VM (QEMU's iPXE ROM, TCG) to the k3s STAND-IN:
+#       `labimg serve --dhcp full` (DHCP, then kernel/initrd over HTTP) against
+#       dnsmasq (DHCP + TFTP: boot script, kernel and initrd over TFTP). Both boot
+#       the same kernel, initrd and command line; root image, config and events come
+#       from labimg's HTTP server in both cases, so only the boot path differs.
+#   (b) TFTP throughput, one 50 MiB file, curl with blksize 1468: labimg vs dnsmasq.
+#   (c) HTTP throughput, the root image, curl: labimg vs nginx.
+# The ratios are what matters: the machine is shared, absolute figures drift.
+#
+#   sudo bash netboot/bench/pxe-vs-dnsmasq.sh
+# Needs root (namespaces, taps), qemu-system-x86_64, dnsmasq, nginx, curl.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$(pwd)
+
+[ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, tap devices)" >&2; exit 1; }
+for t in qemu-system-x86_64 dnsmasq nginx curl ip; do
+    command -v "$t" >/dev/null || { echo "missing host tool: $t" >&2; exit 1; }
+done
+
+ns=labimg-bench-$$
+srv=10.77.9.1
+http_port=8080
+nginx_port=8081
+mac=52:54:00:77:09:01
+host=bench-cp-1
+boot_timeout=900   # one TCG boot, with other VMs sharing the cores
+work=$(mktemp -d /tmp/labimg-pxe-bench.XXXXXX)
+pids=()
+
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_ns() { ip netns exec "$ns" "$@"; }
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { echo "scale=3; $1 / $2" | bc -l; }
+
+# --- the image: the proxmox profile plus this benchmark's node -----------------
+echo "# building (or reusing) the proxmox image with node $host ($mac)"
+cargo build --release -q -p labimg
+labimg=$repo/target/release/labimg
+profile_text="extends = \"$repo/profiles/proxmox.toml\"
+
+[[nodes]]
+hostname = \"$host\"
+mac = \"$mac\"
+role = \"server\"
+
+[outputs]
+formats = [\"qcow2\"]
+"
+key=$( { printf '%s' "$profile_text"; cat "$labimg" qemu-tests/stand-in/k3s; } | sha256sum | cut -c1-16)
+build=$repo/target/bench/proxmox-pxe-$key
+if [ ! -f "$build/manifest.json" ]; then
+    mkdir -p "$repo/target/bench"
+    printf '%s' "$profile_text" > "$work/profile.toml"
+    rm -rf "$build"
+    t0=$(now)
+    timeout 3600 cargo run --release -q -- build --profile "$work/profile.toml" \
+        --k3s-binary qemu-tests/stand-in/k3s --out "$build.tmp" >/dev/null 2>"$work/build.log" \
+        || { tail -20 "$work/build.log" >&2; exit 1; }
+    mv "$build.tmp" "$build"
+    printf '  built in %.0f s: %s\n' "$(echo "$(now) - $t0" | bc)" "$build"
+else
+    echo "  reusing $build"
+fi
+
+# --- the served folders --------------------------------------------------------
+# Copies, not symlinks: the servers refuse paths that resolve outside their roots.
+images=$work/images
+mkdir -p "$images/proxmox"
+cp -a "$build/netboot" "$build/nodes" "$images/proxmox/"
+printf '[default]\naction = "ignore"\n\n[[node]]\nhostname = "%s"\nmac = "%s"\nrole = "server"\nprofile = "proxmox"\n' \
+    "$host" "$mac" > "$work/inventory.toml"
+# iPXE binaries (Debian's, as the tests use them); `snponly.efi`, which no BIOS flow
+# asks for, is replaced by the 50 MiB TFTP payload: labimg's TFTP serves only iPXE
+# binaries and Pi files.
+ipxe_src=$repo/target/qemu-tests/ipxe
+[ -f "$ipxe_src/undionly.kpxe" ] || {
+    echo "no iPXE binaries in $ipxe_src: run the netboot_pxe tests once (cargo nextest run -p labimg-qemu-tests --test netboot_pxe) to fetch them" >&2
+    exit 1
+}
+mkdir -p "$work/ipxe" "$work/tftp"
+cp "$ipxe_src"/* "$work/ipxe/"
+head -c $((50 * 1024 * 1024)) /dev/urandom > "$work/ipxe/snponly.efi"
+cp "$work/ipxe/snponly.efi" "$work/tftp/payload.bin"
+cp "$images/proxmox/netboot/vmlinuz" "$images/proxmox/netboot/initrd.img" "$work/tftp/"
+
+# --- the namespace: a bridge with the server address and one tap ------------------
+ip netns del "$ns" 2>/dev/null || true
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+ip -n "$ns" link add br0 type bridge stp_state 0 forward_delay 0
+ip -n "$ns" addr add "$srv/24" dev br0
+ip -n "$ns" link set br0 up
+ip -n "$ns" tuntap add dev tap0 mode tap
+ip -n "$ns" link set tap0 master br0
+ip -n "$ns" link set tap0 up
+
+labimg_pid=
+start_labimg() { # <dhcp mode> <tftp port>
+    in_ns "$labimg" serve --images "$images" --inventory "$work/inventory.toml" \
+        --interface br0 --dhcp "$1" --http-addr "$srv:$http_port" --tftp-addr "$srv:$2" \
+        --pool-start 10.77.9.100 --pool-end 10.77.9.150 \
+        --state-dir "$work/state" --ipxe-dir "$work/ipxe" </dev/null >>"$work/labimg.log" 2>&1 &
+    labimg_pid=$!
+    pids+=("$labimg_pid")
+    local i
+    for i in $(seq 100); do
+        in_ns curl -sf --max-time 2 "http://$srv:$http_port/healthz" >/dev/null && return 0
+        kill -0 "$labimg_pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    echo "labimg serve did not come up:" >&2; tail -20 "$work/labimg.log" >&2; exit 1
+}
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# Boots the VM from whatever serves the namespace; sets boot_s to the seconds from
+# QEMU's start to the stand-in's last line in the serial log. (Not run in $(…), so
+# QEMU's pid reaches the cleanup list.)
+pxe_boot() { # <name>
+    local serial=$work/$1.serial t0 pid keep
+    : > "$serial"
+    t0=$(now)
+    in_ns timeout "$boot_timeout" qemu-system-x86_64 -machine pc -accel tcg -m 2048 -smp 2 \
+        -nographic -no-reboot -monitor none -serial "file:$serial" \
+        -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
+        -device "virtio-net-pci,netdev=n0,mac=$mac,bootindex=1" -boot n \
+        </dev/null >"$work/$1.qemu.log" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    while ! grep -q 'k3s-stand-in: done' "$serial"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            grep -q 'k3s-stand-in: done' "$serial" && break
+            keep=/tmp/labimg-pxe-bench-$1.serial
+            cp "$serial" "$keep"
+            echo "$1: QEMU ended without reaching the stand-in; serial log kept in $keep" >&2
+            tail -20 "$serial" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+    boot_s=$(echo "$(now) - $t0" | bc)
+    # The stand-in powers off; give QEMU a moment, then make sure it is gone.
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    stop "$pid"
+    if grep -q 'labimg: FATAL' "$serial"; then echo "$1: FATAL in the serial log" >&2; exit 1; fi
+}
+
+tftp_mbps() { # <url>: 3 fetches, median MB/s
+    local i t0 t
+    for i in 1 2 3; do
+        t0=$(now)
+        in_ns timeout 300 curl -sf -o /dev/null --tftp-blksize 1468 "$1"
+        t=$(echo "$(now) - $t0" | bc)
+        echo "scale=3; 50 * 1.048576 / $t" | bc -l
+    done | median
+}
+http_mbps() { # <url> <bytes>: 5 fetches, median MB/s
+    local i t0 t
+    for i in 1 2 3 4 5; do
+        t0=$(now)
+        in_ns timeout 120 curl -sf -o /dev/null "$1"
+        t=$(echo "$(now) - $t0" | bc)
+        echo "scale=3; $2 / 1000000 / $t" | bc -l
+    done | median
+}
+root_bytes=$(stat -c %s "$images/proxmox/netboot/root.squashfs")
+root_path=/images/proxmox/root.squashfs
+
+echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
+
+# --- labimg: full DHCP, TFTP and HTTP ---------------------------------------------
+start_labimg full 69
+echo "# (a) PXE boot with labimg serve --dhcp full (iPXE ROM -> HTTP boot.ipxe, kernel, initrd)"
+pxe_boot labimg; boot_labimg=$boot_s
+printf '  %.1f s\n' "$boot_labimg"
+echo "# (b) TFTP, labimg, 50 MiB, blksize 1468"
+tftp_labimg=$(tftp_mbps "tftp://$srv/snponly.efi")
+echo "  $tftp_labimg MB/s (median of 3)"
+echo "# (c) HTTP, labimg, $root_path ($root_bytes bytes)"
+http_labimg=$(http_mbps "http://$srv:$http_port$root_path" "$root_bytes")
+echo "  $http_labimg MB/s (median of 5)"
+# The boot script labimg renders for the node (same token: same state folder below).
+in_ns curl -sf --max-time 10 "http://$srv:$http_port/boot.ipxe?mac=$mac" > "$work/boot.http.ipxe"
+stop "$labimg_pid"
+
+# --- reference: dnsmasq (DHCP + TFTP), nginx; labimg for root/config/events only ----
+start_labimg off 0
+# Kernel and initrd over TFTP; the rest of the script (command line with root URL,
+# config URL and token) is labimg's, unchanged.
+sed -e "s#^kernel http://[^ ]*/images/proxmox/#kernel tftp://$srv/#" \
+    -e "s#^initrd http://[^ ]*/images/proxmox/#initrd tftp://$srv/#" \
+    "$work/boot.http.ipxe" > "$work/tftp/boot.ipxe"
+if ! grep -q "^kernel tftp://" "$work/tftp/boot.ipxe" || ! grep -q "^initrd tftp://" "$work/tftp/boot.ipxe"; then
+    echo "unexpected boot script from labimg:" >&2; cat "$work/boot.http.ipxe" >&2; exit 1
+fi
+in_ns dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --user=root \
+    --interface=br0 --bind-interfaces --pid-file= --log-facility=- \
+    --dhcp-range=10.77.9.100,10.77.9.150,255.255.255.0,1h --dhcp-leasefile="$work/dnsmasq.leases" \
+    --dhcp-match=set:ipxe,175 --dhcp-boot=tag:!ipxe,undionly.kpxe --dhcp-boot=tag:ipxe,boot.ipxe \
+    --enable-tftp --tftp-root="$work/tftp" </dev/null >"$work/dnsmasq.log" 2>&1 &
+dnsmasq_pid=$!
+pids+=("$dnsmasq_pid")
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<EOF
+user root;
+worker_processes auto;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 64; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    default_type application/octet-stream;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    server {
+        listen $srv:$nginx_port;
+        location /images/proxmox/ { alias $images/proxmox/netboot/; }
+    }
+}
+EOF
+in_ns nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" </dev/null >"$work/nginx/out.log" 2>&1 &
+nginx_pid=$!
+pids+=("$nginx_pid")
+for i in $(seq 50); do
+    in_ns curl -sf --max-time 2 -o /dev/null "tftp://$srv/boot.ipxe" \
+        && in_ns curl -sf --max-time 2 -o /dev/null -r 0-0 "http://$srv:$nginx_port$root_path" && break
+    [ "$i" = 50 ] && { echo "dnsmasq or nginx did not come up:" >&2; cat "$work/dnsmasq.log" "$work/nginx/error.log" >&2; exit 1; }
+    sleep 0.2
+done
+echo "# (a) PXE boot with dnsmasq (iPXE ROM -> TFTP boot.ipxe, kernel, initrd)"
+pxe_boot dnsmasq; boot_dnsmasq=$boot_s
+printf '  %.1f s\n' "$boot_dnsmasq"
+echo "# (b) TFTP, dnsmasq, 50 MiB, blksize 1468"
+tftp_dnsmasq=$(tftp_mbps "tftp://$srv/payload.bin")
+echo "  $tftp_dnsmasq MB/s (median of 3)"
+echo "# (c) HTTP, nginx, $root_path"
+http_nginx=$(http_mbps "http://$srv:$nginx_port$root_path" "$root_bytes")
+echo "  $http_nginx MB/s (median of 5)"
+wrk_line=
+if command -v wrk >/dev/null; then
+    wl=$(in_ns wrk -t1 -c4 -d10s "http://$srv:$http_port$root_path" | awk '/Requests\/sec/ {print $2}')
+    wn=$(in_ns wrk -t1 -c4 -d10s "http://$srv:$nginx_port$root_path" | awk '/Requests\/sec/ {print $2}')
+    wrk_line=$(printf 'wrk, 4 connections, 10 s, req/s:  labimg %s  nginx %s  ratio %s' "$wl" "$wn" "$(ratio "$wl" "$wn")")
+fi
+
+echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+echo "== summary (ratio labimg / reference; boot: lower is better, throughput: higher is better)"
+printf '(a) PXE boot to the k3s stand-in:  labimg %7.1f s   dnsmasq %7.1f s   ratio %s\n' \
+    "$boot_labimg" "$boot_dnsmasq" "$(ratio "$boot_labimg" "$boot_dnsmasq")"
+printf '(b) TFTP 50 MiB, blksize 1468:     labimg %7.1f MB/s dnsmasq %7.1f MB/s ratio %s\n' \
+    "$tftp_labimg" "$tftp_dnsmasq" "$(ratio "$tftp_labimg" "$tftp_dnsmasq")"
+printf '(c) HTTP root image (%d MB):       labimg %7.1f MB/s nginx   %7.1f MB/s ratio %s\n' \
+    "$((root_bytes / 1000000))" "$http_labimg" "$http_nginx" "$(ratio "$http_labimg" "$http_nginx")"
+[ -z "$wrk_line" ] || echo "    $wrk_line"

@@ -1,0 +1,338 @@
+//! Netboot end to end: QEMU machines PXE boot from the labimg appliance (the same
+//! `serve_async` that `labimg serve` runs, with full DHCP, TFTP on 69 and HTTP) on
+//! an isolated bridge inside a network namespace, and reach the k3s STAND-IN with
+//! the identity the server's per-node config gave them. Flows: x86_64 BIOS with
+//! QEMU's iPXE ROM, x86_64 UEFI (OVMF's own PXE client → `ipxe.efi` over TFTP →
+//! `boot.ipxe`), arm64 UEFI (AAVMF → `ipxe-arm64.efi` → `boot.ipxe`). The iPXE
+//! binaries come from Debian trixie through the verified Debian source.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use labimg_qemu_tests::netns::Netns;
+use labimg_qemu_tests::{SerialLog, Vm, build_once, run, target_dir};
+
+const SERVER_IP: &str = "10.77.0.1";
+const HTTP: &str = "10.77.0.1:8080";
+const HELPER_DIR: &str = "LABIMG_PXE_HELPER_DIR";
+const HELPER_IPXE: &str = "LABIMG_PXE_HELPER_IPXE";
+const HELPER_IF: &str = "LABIMG_PXE_HELPER_IF";
+/// A whole PXE boot under TCG, with other VMs sharing the 2 cores.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The proxmox profile with the PXE test node (its bundle under `nodes/pxe-cp-1/`).
+/// The BIOS and UEFI tests boot it from two MACs: the appliance's inventory, not
+/// the image's embedded node table, maps each MAC to this bundle.
+const PROXMOX: &str = r#"
+extends = "proxmox.toml"
+
+[[nodes]]
+hostname = "pxe-cp-1"
+mac = "52:54:00:77:00:01"
+role = "server"
+
+[outputs]
+formats = ["qcow2"]
+"#;
+
+/// The pi5 profile (arm64 artifacts) with the arm64 UEFI test node.
+const PI5: &str = r#"
+extends = "pi5.toml"
+
+[[nodes]]
+hostname = "pxe-arm64-1"
+mac = "52:54:00:77:00:03"
+role = "server"
+
+[outputs]
+formats = ["qcow2"]
+"#;
+
+/// The iPXE binaries, fetched once for all tests from Debian (outside any namespace:
+/// the appliance inside the isolated namespace cannot reach the mirror).
+fn ipxe_dir() -> PathBuf {
+    let dir = target_dir().join("qemu-tests/ipxe");
+    let cache = labimg_builder::debian::Cache::open_default().expect("opening the Debian cache");
+    labimg_netboot::ipxe::ensure(&dir, cache).expect("fetching Debian's iPXE binaries");
+    dir
+}
+
+/// A namespace with the appliance running on its bridge; stops the server and
+/// deletes the namespace (bridge and taps with it) on drop, also when a test fails.
+struct Lab {
+    server: Child,
+    server_log: PathBuf,
+    // Dropped after `server` is killed (see Drop), so the namespace goes last.
+    ns: Netns,
+    _dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// Serves `build` (a `build_once` output) as `<images>/<profile>/` with an
+    /// inventory holding one node, on a fresh namespace with tap `tap0`.
+    fn start(flow: &str, build: &Path, profile: &str, node: &str) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let images = dir.path().join("images").join(profile);
+        std::fs::create_dir_all(&images).unwrap();
+        // A copy, not a symlink: the servers refuse paths that resolve outside their root.
+        for sub in ["netboot", "nodes"] {
+            run(Command::new("cp")
+                .arg("-a")
+                .arg(build.join(sub))
+                .arg(&images))
+            .unwrap();
+        }
+        std::fs::write(
+            dir.path().join("inventory.toml"),
+            format!("[default]\naction = \"ignore\"\n\n{node}"),
+        )
+        .unwrap();
+        let ipxe = ipxe_dir();
+        let ns = Netns::create(
+            &format!("labimg-{flow}-{}", std::process::id()),
+            &format!("{SERVER_IP}/24"),
+        )
+        .unwrap();
+        ns.add_tap("tap0").unwrap();
+        let server_log = dir.path().join("server.log");
+        let log = File::create(&server_log).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let server = ns
+            .command(exe.to_str().unwrap())
+            .args(["netns_server_helper", "--exact", "--ignored", "--nocapture"])
+            .env(HELPER_DIR, dir.path())
+            .env(HELPER_IPXE, &ipxe)
+            .env(HELPER_IF, ns.bridge())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the appliance in the namespace");
+        let mut lab = Lab {
+            server,
+            server_log,
+            ns,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        loop {
+            if lab.curl("/healthz").is_ok() {
+                break;
+            }
+            if let Ok(Some(st)) = lab.server.try_wait() {
+                panic!("the appliance exited ({st}): {}", lab.log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the appliance did not come up: {}",
+                lab.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        lab
+    }
+
+    /// GET `path` from the appliance with curl, inside the namespace.
+    fn curl(&self, path: &str) -> anyhow::Result<String> {
+        run(self
+            .ns
+            .command("curl")
+            .args(["-sSf", "--max-time", "10"])
+            .arg(format!("http://{HTTP}{path}")))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.server_log).unwrap_or_default()
+    }
+
+    /// The events the appliance holds for `hostname`, by stage.
+    fn stages_of(&self, hostname: &str) -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&self.curl("/v1/nodes").unwrap()).unwrap();
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["node"]["hostname"] == hostname)
+            .flat_map(|n| n["events"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["stage"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Keeps the server log beside the serial logs and returns its path.
+    fn keep_log(&self, name: &str) -> PathBuf {
+        let path = target_dir()
+            .join("qemu-logs")
+            .join(format!("{name}.server.log"));
+        let _ = std::fs::create_dir_all(path.parent().unwrap());
+        let _ = std::fs::write(&path, self.log());
+        path
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// Boots `vm` on the lab's tap and checks the whole path: the node reaches the k3s
+/// stand-in with the identity from the server (`source=url`), and the server saw
+/// its events through `k3s-started`.
+fn pxe_boot(lab: &Lab, vm: Vm, hostname: &str, role: &str, firmware_milestones: &[&str]) {
+    let name = vm.name().to_owned();
+    let log: SerialLog = vm.in_netns(lab.ns.name()).boot(None, BOOT_TIMEOUT).unwrap();
+    let server_log = lab.keep_log(&name);
+    let identity = format!("labimg: identity hostname={hostname} role={role} source=url");
+    let mut want: Vec<&str> = firmware_milestones.to_vec();
+    want.extend([
+        "labimg: stage1 start",
+        "labimg: root verified",
+        "labimg: stage2 start",
+        "labimg: network up",
+        identity.as_str(),
+        "labimg: config written",
+        "k3s-stand-in: done, powering off",
+    ]);
+    log.assert_absent("labimg: FATAL");
+    log.assert_in_order(&want);
+    assert!(
+        log.powered_off,
+        "{name}: the VM did not power off by itself; serial log {}, server log {}",
+        log.keep().display(),
+        server_log.display()
+    );
+    // Events are posted in the background: give the last one a moment.
+    let start = Instant::now();
+    let mut stages = lab.stages_of(hostname);
+    while !stages.iter().any(|s| s == "k3s-started") && start.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(500));
+        stages = lab.stages_of(hostname);
+    }
+    assert_eq!(
+        stages,
+        [
+            "booted",
+            "root-verified",
+            "network-up",
+            "config-fetched",
+            "k3s-started"
+        ],
+        "{name}: events on the server; serial log {}, server log {}",
+        log.keep().display(),
+        server_log.display()
+    );
+    eprintln!(
+        "{name}: PXE boot to the k3s stand-in in {:.0?}",
+        log.elapsed
+    );
+}
+
+fn inventory_node(hostname: &str, mac: &str, role: &str, profile: &str, args: &str) -> String {
+    format!(
+        "[[node]]\nhostname = \"{hostname}\"\nmac = \"{mac}\"\nrole = \"{role}\"\nprofile = \"{profile}\"\nkernel-args = \"{args}\"\n"
+    )
+}
+
+#[test]
+fn x86_64_bios_pxe_with_qemu_ipxe_rom_boots_to_the_k3s_stand_in() {
+    let out = build_once("proxmox-pxe", PROXMOX).expect("building the proxmox profile");
+    let (host, mac) = ("pxe-cp-1", "52:54:00:77:00:01");
+    let lab = Lab::start(
+        "bios",
+        &out,
+        "proxmox",
+        &inventory_node(host, mac, "server", "proxmox", ""),
+    );
+    let vm = Vm::x86_64_bios("netboot-bios")
+        .unwrap()
+        .tap_net("tap0", mac, None)
+        .extra_args(&["-boot", "n"]);
+    pxe_boot(&lab, vm, host, "server", &[]);
+}
+
+#[test]
+fn x86_64_uefi_pxe_chains_debian_ipxe_efi_to_the_k3s_stand_in() {
+    let out = build_once("proxmox-pxe", PROXMOX).expect("building the proxmox profile");
+    let (host, mac) = ("pxe-cp-1", "52:54:00:77:00:02");
+    let lab = Lab::start(
+        "uefi",
+        &out,
+        "proxmox",
+        &inventory_node(host, mac, "server", "proxmox", ""),
+    );
+    // No option ROM: OVMF's own virtio-net driver and PXE client must fetch
+    // `ipxe.efi` from our TFTP, which then loads `boot.ipxe` over HTTP.
+    let vm = Vm::x86_64_uefi("netboot-uefi")
+        .unwrap()
+        .tap_net("tap0", mac, Some(""));
+    pxe_boot(
+        &lab,
+        vm,
+        host,
+        "server",
+        &["iPXE", "labimg: booting pxe-cp-1"],
+    );
+}
+
+#[test]
+fn arm64_uefi_pxe_chains_debian_ipxe_arm64_to_the_k3s_stand_in() {
+    let out = build_once("pi5-pxe", PI5).expect("building the pi5 profile");
+    let (host, mac) = ("pxe-arm64-1", "52:54:00:77:00:03");
+    // The pi5 cmdline names the Pi's console (ttyAMA10); virt's PL011 is ttyAMA0,
+    // and the last console= wins /dev/console.
+    let lab = Lab::start(
+        "arm64",
+        &out,
+        "pi5",
+        &inventory_node(host, mac, "server", "pi5", "console=ttyAMA0"),
+    );
+    // Without ACPI the firmware hands the kernel QEMU's device tree: a Pi boots
+    // with a device tree too, so the kernel takes the same hardware-description path.
+    let vm = Vm::aarch64_uefi("netboot-arm64")
+        .unwrap()
+        .extra_args(&["-machine", "acpi=off"])
+        .tap_net("tap0", mac, Some(""));
+    pxe_boot(
+        &lab,
+        vm,
+        host,
+        "server",
+        &["iPXE", "labimg: booting pxe-arm64-1"],
+    );
+}
+
+/// Not a test on its own: the appliance of the tests above, started by them inside
+/// their namespace (`ip netns exec`), so it binds the namespace's bridge.
+#[test]
+#[ignore = "helper process for the netboot PXE tests"]
+fn netns_server_helper() {
+    let dir = PathBuf::from(std::env::var(HELPER_DIR).expect("run by a netboot PXE test"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_writer(std::io::stderr)
+        .try_init();
+    let opts = labimg_netboot::ServeOptions {
+        images: dir.join("images"),
+        inventory: dir.join("inventory.toml"),
+        interface: Some(std::env::var(HELPER_IF).unwrap()),
+        dhcp: labimg_netboot::DhcpMode::Full,
+        http_addr: HTTP.parse().unwrap(),
+        tftp_addr: format!("{SERVER_IP}:69").parse().unwrap(),
+        pool_start: Some("10.77.0.100".parse().unwrap()),
+        pool_end: Some("10.77.0.150".parse().unwrap()),
+        state_dir: dir.join("state"),
+        ipxe_dir: Some(PathBuf::from(std::env::var(HELPER_IPXE).unwrap())),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Bounded even if the test dies without killing us.
+    let r = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(1800), labimg_netboot::serve_async(opts)).await
+    });
+    if let Ok(Err(e)) = r {
+        panic!("server failed: {e:#}");
+    }
+}
