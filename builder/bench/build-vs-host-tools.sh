@@ -44,8 +44,12 @@ rm -f "$work/ref.raw"
 
 echo "# host-tool pipeline"
 h="$work/host"; mkdir -p "$h"
+# Per-step times, to set beside labimg's own "done in" lines.
+lap_t=$(date +%s.%N)
+lap() { local t; t=$(date +%s.%N); printf '  %-28s %7.1f s\n' "$1" "$(echo "$t - $lap_t" | bc)"; lap_t=$t; }
 t0=$(date +%s.%N)
 (cd "$work/initrd" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | zstd -19 -q -T0 > "$h/initrd.img")
+lap "cpio + zstd -19 (initramfs)"
 mksquashfs "$work/root" "$h/root.squashfs" -comp zstd -b 128K -noappend -all-root -quiet >/dev/null
 # dm-verity hash tree appended after the 4 KiB-padded squashfs, as labimg's root image has it.
 sq_bytes=$(stat -c %s "$h/root.squashfs")
@@ -53,15 +57,20 @@ hash_offset=$(( (sq_bytes + 4095) / 4096 * 4096 ))
 truncate -s "$hash_offset" "$h/root.squashfs"
 veritysetup format --hash-offset="$hash_offset" --data-blocks=$((hash_offset / 4096)) \
     "$h/root.squashfs" "$h/root.squashfs" >/dev/null
+lap "mksquashfs + veritysetup"
 mkfs.vfat -F 32 -n LABIMG-ESP -C "$h/esp.img" $((esp_size / 2)) >/dev/null
 mcopy -s -i "$h/esp.img" "$work/esp/"* ::/
+lap "mkfs.vfat + mcopy (ESP)"
 truncate -s "$disk_bytes" "$h/disk.raw"
 sfdisk -q "$h/disk.raw" < "$work/layout.sfdisk"
 root_start=$(sfdisk --json "$h/disk.raw" | python3 -c 'import json,sys;p=json.load(sys.stdin)["partitiontable"]["partitions"];print(p[1]["start"])')
 dd if="$h/esp.img" of="$h/disk.raw" bs=512 seek="$esp_start" conv=notrunc,sparse status=none
 dd if="$h/root.squashfs" of="$h/disk.raw" bs=512 seek="$root_start" conv=notrunc,sparse status=none
+lap "sfdisk + dd (GPT disk)"
 xz -T0 -6 -k "$h/disk.raw"
+lap "xz -T0 -6 (raw.xz)"
 qemu-img convert -O qcow2 "$h/disk.raw" "$h/disk.qcow2"
+lap "qemu-img (qcow2)"
 t1=$(date +%s.%N)
 host_s=$(echo "$t1 - $t0" | bc)
 

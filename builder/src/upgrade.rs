@@ -3,7 +3,9 @@
 //! inactive slot — root image, kernel and initramfs with their sha256 and
 //! size, and the kernel command line for each slot. The files themselves are
 //! the `netboot/` artifacts, so the output folder served over HTTP (or copied
-//! to the node) is the bundle.
+//! to the node) is the bundle. For the Raspberry Pi 5 it also lists the boot
+//! partition files under `netboot/rpi/` (`rpi_boot`), which the agent copies
+//! to the inactive slot's boot partition.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +36,55 @@ pub struct Bundle {
     pub initrd: BundleFile,
     /// The kernel command line per slot ("a", "b"), as the target renders it.
     pub cmdline: BTreeMap<String, String>,
+    /// Raspberry Pi 5 only: every file of a boot partition under
+    /// `netboot/rpi/` (path relative to it → sha256) except `cmdline.txt`,
+    /// which the agent writes from `cmdline.<slot>`. The files are the same
+    /// for both slots: only the command line names the slot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpi_boot: Option<BTreeMap<String, String>>,
+}
+
+/// Where the rpi5 target publishes its boot partition files (slot A's tree).
+pub const RPI_BOOT_DIR: &str = "netboot/rpi";
+
+/// The files under `out_dir/netboot/rpi/` (recursively) with their sha256,
+/// minus `cmdline.txt`; `None` when the build has no such folder (not a Pi).
+fn rpi_boot_files(out_dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
+    let dir = out_dir.join(RPI_BOOT_DIR);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let mut files = BTreeMap::new();
+    let mut todo = vec![dir.clone()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let path = entry
+                .with_context(|| format!("listing {}", d.display()))?
+                .path();
+            if path.is_dir() {
+                todo.push(path);
+                continue;
+            }
+            let rel = path
+                .strip_prefix(&dir)
+                .context("a boot file outside netboot/rpi")?
+                .to_str()
+                .with_context(|| format!("{} is not UTF-8", path.display()))?
+                .to_owned();
+            if rel == "cmdline.txt" {
+                continue;
+            }
+            // The node reads keys line by line with awk and uses them as paths.
+            anyhow::ensure!(
+                !rel.contains(['\n', '"', '\\', ' ']) && !rel.split('/').any(|c| c == ".."),
+                "boot file name {rel:?} cannot go into upgrade.json"
+            );
+            let (sha256, _) =
+                hash_file(&path).with_context(|| format!("hashing {}", path.display()))?;
+            files.insert(rel, sha256);
+        }
+    }
+    Ok(Some(files))
 }
 
 fn bundle_file(out_dir: &Path, rel: &str) -> Result<BundleFile> {
@@ -67,6 +118,7 @@ pub fn write_upgrade_json(
         kernel: bundle_file(out_dir, "netboot/vmlinuz")?,
         initrd: bundle_file(out_dir, "netboot/initrd.img")?,
         cmdline: cmdline.clone(),
+        rpi_boot: rpi_boot_files(out_dir)?,
     };
     for (slot, line) in &bundle.cmdline {
         // The node reads values line by line; a newline or quote would break it.
@@ -137,6 +189,50 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in {text}");
         }
+    }
+
+    #[test]
+    fn lists_the_rpi_boot_files_except_cmdline_txt() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("netboot/rpi/overlays")).unwrap();
+        std::fs::write(dir.path().join("netboot/vmlinuz"), b"kernel").unwrap();
+        std::fs::write(dir.path().join("netboot/initrd.img"), b"").unwrap();
+        for (f, data) in [
+            ("config.txt", "kernel"),
+            ("cmdline.txt", "slot a"),
+            ("overlays/x.dtbo", ""),
+        ] {
+            std::fs::write(dir.path().join("netboot/rpi").join(f), data).unwrap();
+        }
+        let root = RootImage {
+            path: dir.path().join("netboot/root.squashfs"),
+            size: 1,
+            sha256: "00".repeat(32),
+            verity: verity(),
+        };
+        let b = write_upgrade_json(dir.path(), &root, &BTreeMap::new()).unwrap();
+        let kernel = "6923dd1bc0460082c5d55a831908c24a282860b7f1cd6c2b79cf1bc8857c639c";
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(
+            b.rpi_boot,
+            Some(BTreeMap::from([
+                ("config.txt".to_owned(), kernel.to_owned()),
+                ("overlays/x.dtbo".to_owned(), empty.to_owned()),
+            ]))
+        );
+        let text = std::fs::read_to_string(dir.path().join("upgrade.json")).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l == format!("    \"overlays/x.dtbo\": \"{empty}\"")),
+            "{text}"
+        );
+
+        // Without netboot/rpi (Proxmox) there is no rpi_boot key at all.
+        std::fs::remove_dir_all(dir.path().join("netboot/rpi")).unwrap();
+        let b = write_upgrade_json(dir.path(), &root, &BTreeMap::new()).unwrap();
+        assert_eq!(b.rpi_boot, None);
+        let text = std::fs::read_to_string(dir.path().join("upgrade.json")).unwrap();
+        assert!(!text.contains("rpi_boot"), "{text}");
     }
 
     #[test]

@@ -114,16 +114,9 @@ fn superblock(uuid: &[u8; 16], salt: &[u8], data_blocks: u64) -> Vec<u8> {
     sb
 }
 
+/// veritysetup prints the superblock UUID in lowercase.
 fn uuid_string(u: &[u8; 16]) -> String {
-    let h = hex::encode(u);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    crate::disk::guid_string(u).to_lowercase()
 }
 
 /// Pads the image at `path` to 4 KiB and appends superblock and hash tree.

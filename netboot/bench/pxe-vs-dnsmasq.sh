@@ -41,10 +41,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# Foreground only: a function run with `&` is a subshell whose pid is not the
+# program's. Background programs use `ip netns exec` directly, which execs them.
 in_ns() { ip netns exec "$ns" "$@"; }
 now() { date +%s.%N; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-ratio() { echo "scale=3; $1 / $2" | bc -l; }
+ratio() { printf "%.3f" "$(echo "$1 / $2" | bc -l)"; }
 
 # --- the image: the proxmox profile plus this benchmark's node -----------------
 echo "# building (or reusing) the proxmox image with node $host ($mac)"
@@ -110,7 +112,7 @@ ip -n "$ns" link set tap0 up
 
 labimg_pid=
 start_labimg() { # <dhcp mode> <tftp port>
-    in_ns "$labimg" serve --images "$images" --inventory "$work/inventory.toml" \
+    ip netns exec "$ns" "$labimg" serve --images "$images" --inventory "$work/inventory.toml" \
         --interface br0 --dhcp "$1" --http-addr "$srv:$http_port" --tftp-addr "$srv:$2" \
         --pool-start 10.77.9.100 --pool-end 10.77.9.150 \
         --state-dir "$work/state" --ipxe-dir "$work/ipxe" </dev/null >>"$work/labimg.log" 2>&1 &
@@ -133,7 +135,7 @@ pxe_boot() { # <name>
     local serial=$work/$1.serial t0 pid keep
     : > "$serial"
     t0=$(now)
-    in_ns timeout "$boot_timeout" qemu-system-x86_64 -machine pc -accel tcg -m 2048 -smp 2 \
+    ip netns exec "$ns" timeout "$boot_timeout" qemu-system-x86_64 -machine pc -accel tcg -m 2048 -smp 2 \
         -nographic -no-reboot -monitor none -serial "file:$serial" \
         -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
         -device "virtio-net-pci,netdev=n0,mac=$mac,bootindex=1" -boot n \
@@ -155,7 +157,12 @@ pxe_boot() { # <name>
     # The stand-in powers off; give QEMU a moment, then make sure it is gone.
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     stop "$pid"
-    if grep -q 'labimg: FATAL' "$serial"; then echo "$1: FATAL in the serial log" >&2; exit 1; fi
+    if grep -q 'labimg: FATAL' "$serial" || ! grep -q "labimg: identity hostname=$host role=server source=url" "$serial"; then
+        keep=/tmp/labimg-pxe-bench-$1.serial
+        cp "$serial" "$keep"
+        echo "$1: the node did not boot with the server's identity; serial log kept in $keep" >&2
+        exit 1
+    fi
 }
 
 tftp_mbps() { # <url>: 3 fetches, median MB/s
@@ -206,7 +213,7 @@ sed -e "s#^kernel http://[^ ]*/images/proxmox/#kernel tftp://$srv/#" \
 if ! grep -q "^kernel tftp://" "$work/tftp/boot.ipxe" || ! grep -q "^initrd tftp://" "$work/tftp/boot.ipxe"; then
     echo "unexpected boot script from labimg:" >&2; cat "$work/boot.http.ipxe" >&2; exit 1
 fi
-in_ns dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --user=root \
+ip netns exec "$ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --user=root \
     --interface=br0 --bind-interfaces --pid-file= --log-facility=- \
     --dhcp-range=10.77.9.100,10.77.9.150,255.255.255.0,1h --dhcp-leasefile="$work/dnsmasq.leases" \
     --dhcp-match=set:ipxe,175 --dhcp-boot=tag:!ipxe,undionly.kpxe --dhcp-boot=tag:ipxe,boot.ipxe \
@@ -237,7 +244,7 @@ http {
     }
 }
 EOF
-in_ns nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" </dev/null >"$work/nginx/out.log" 2>&1 &
+ip netns exec "$ns" nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" </dev/null >"$work/nginx/out.log" 2>&1 &
 nginx_pid=$!
 pids+=("$nginx_pid")
 for i in $(seq 50); do
@@ -249,6 +256,11 @@ done
 echo "# (a) PXE boot with dnsmasq (iPXE ROM -> TFTP boot.ipxe, kernel, initrd)"
 pxe_boot dnsmasq; boot_dnsmasq=$boot_s
 printf '  %.1f s\n' "$boot_dnsmasq"
+# The reference boot must really have taken the TFTP path.
+for f in boot.ipxe vmlinuz initrd.img; do
+    grep -q "sent $work/tftp/$f" "$work/dnsmasq.log" \
+        || { echo "dnsmasq did not serve $f:" >&2; cat "$work/dnsmasq.log" >&2; exit 1; }
+done
 echo "# (b) TFTP, dnsmasq, 50 MiB, blksize 1468"
 tftp_dnsmasq=$(tftp_mbps "tftp://$srv/payload.bin")
 echo "  $tftp_dnsmasq MB/s (median of 3)"

@@ -40,47 +40,16 @@ pub fn k3s_stand_in() -> PathBuf {
 
 /// Builds `profile_text` (a profile written into a temp file next to the
 /// shipped profiles so `extends` works) with the k3s stand-in baked in, once
-/// per distinct (profile, test binary) pair: nextest runs every test in its own
-/// process, so the build is shared through a lock file and a keyed folder.
+/// per distinct (profile, test binary) pair; see [`build_profile_file_once`].
 pub fn build_once(name: &str, profile_text: &str) -> Result<PathBuf> {
-    let exe = std::fs::read(std::env::current_exe()?)?;
-    let stand_in = std::fs::read(k3s_stand_in())?;
-    let key = hex::encode(
-        &Sha256::new()
-            .chain_update(&exe)
-            .chain_update(profile_text)
-            .chain_update(&stand_in)
-            .finalize()[..8],
-    );
-    let base = target_dir().join("qemu-tests");
-    std::fs::create_dir_all(&base)?;
-    let out = base.join(format!("{name}-{key}"));
-    let lock = File::create(base.join(format!("{name}.lock")))?;
-    lock.lock().context("locking the shared test build")?;
-    if out.join("manifest.json").exists() {
-        return Ok(out);
-    }
-    let profile_path = workspace_root()
+    // Per process: another test process may delete its copy while this one loads.
+    let path = workspace_root()
         .join("profiles")
-        .join(format!(".test-{name}-{key}.toml"));
-    std::fs::write(&profile_path, profile_text)?;
-    let profile = labimg_builder::profile::load(
-        profile_path.to_str().context("non-UTF-8 path")?,
-        &workspace_root().join("profiles"),
-        &[],
-    );
-    let _ = std::fs::remove_file(&profile_path);
-    let profile = profile.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let opts = labimg_builder::build::BuildOptions {
-        out_dir: Some(out.clone()),
-        k3s_binary: Some(k3s_stand_in()),
-        cache_dir: std::env::var_os("LABIMG_CACHE").map(PathBuf::from),
-        source_date_epoch: Some(1_700_000_000),
-        embed_secrets: false,
-        ..Default::default()
-    };
-    labimg_builder::build::build(&profile, &opts)?;
-    Ok(out)
+        .join(format!(".test-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, profile_text)?;
+    let out = build_profile_file_once(name, &path, &[]);
+    let _ = std::fs::remove_file(&path);
+    out
 }
 
 /// Runs a host tool and returns its stdout, with the command in the error.
@@ -360,8 +329,9 @@ fn tail(text: &str, n: usize) -> String {
 /// Builds the profile file at `path` (a shipped profile, for example
 /// `profiles/examples/pi5-argocd.toml`) with `sets` applied (`key.path=value`,
 /// as `labimg build --set`) and the k3s stand-in baked in, once per distinct
-/// (file contents, sets, stand-in, test binary): the same lock-file and
-/// keyed-folder scheme as [`build_once`]. `name` names the lock and folder.
+/// (file contents, sets, stand-in, test binary). nextest runs every test in its
+/// own process, so the build is shared through a lock file and a folder keyed
+/// by those inputs. `name` names the lock and folder.
 ///
 /// Relative `file` secrets resolve against the working directory (the build's
 /// default), so tests pass secrets as absolute paths through `sets`.

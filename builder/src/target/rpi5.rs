@@ -85,6 +85,12 @@ impl Target for Rpi5 {
             "virtio_mmio",
             "squashfs",
             "loop",
+            // The upgrade agent mounts the autoboot and boot FAT partitions
+            // (Debian's defaults: codepage 437, iocharset ascii).
+            "vfat",
+            "nls_cp437",
+            "nls_ascii",
+            "nls_utf8",
         ]
         .map(String::from)
         .to_vec()

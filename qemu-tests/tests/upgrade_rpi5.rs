@@ -1,0 +1,452 @@
+//! A/B upgrade of the Raspberry Pi 5 image on QEMU's aarch64 `virt` machine
+//! (TCG), with the k3s stand-in. One qcow2 overlay of the v1 disk persists
+//! across boots, like the Pi's SD card.
+//!
+//! Boot 1 runs v1 from slot A (kernel, initramfs and `cmdline.txt` of the
+//! build's `netboot/rpi/`, the same files as on boot-a); stage 2 pulls
+//! `labimg.upgrade=http://10.0.2.100`, which QEMU's user network forwards
+//! (bash `/dev/tcp` relay per connection) to an HTTP server in this test
+//! serving v2's output folder. Booting slot A again (what the firmware does
+//! on a reset without the tryboot flag) keeps v1 and does not stage v2 again.
+//! The test then reads the disk from the host:
+//! boot-b holds v2's boot files and a `cmdline.txt` for root-b, root-b holds
+//! v2's root image, `autoboot.txt` is untouched. Boot 2 plays the firmware's
+//! `tryboot` (which QEMU cannot emulate): v2's kernel, initramfs and
+//! `cmdline.txt` are taken from boot-b on the disk; the trial boot must reach
+//! k3s and commit slot B in `autoboot.txt`. A second test serves a root image
+//! that does not match its sha256: the agent refuses it and leaves boot-b
+//! empty, so no tryboot could start the half-written slot.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use labimg_qemu_tests::{SerialLog, Vm, build_once, run};
+
+const MAC: &str = "52:54:00:12:34:58";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
+/// What the agent appends to a trial slot's command line (and removes when
+/// it blesses the slot).
+const TRIAL_ARGS: &str = " labimg.trial=1 labimg.on-fatal=reboot";
+
+/// The shipped pi5 profile, one node keyed by the VM's MAC, pointed at the
+/// test's bundle server; `version` becomes a node label so v1 and v2 differ
+/// in their root image.
+fn profile(version: &str) -> String {
+    format!(
+        r#"
+extends = "pi5.toml"
+
+[kernel]
+cmdline = ["labimg.upgrade=http://10.0.2.100"]
+
+[[nodes]]
+hostname = "pi-up-1"
+mac = "{MAC}"
+role = "server"
+labels = {{ "labimg.test/version" = "{version}" }}
+
+[outputs]
+formats = ["qcow2"]
+"#
+    )
+}
+
+/// Serves the files under `root` over HTTP/1.0 on 127.0.0.1 (GET only), for
+/// as long as the test process lives. Returns the port.
+fn serve(root: PathBuf) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the bundle server");
+    let port = listener.local_addr().expect("local addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&conn);
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let path = request.split(' ').nth(1).unwrap_or("/");
+                let file = (!path.contains(".."))
+                    .then(|| root.join(path.trim_start_matches('/')))
+                    .and_then(|p| std::fs::File::open(p).ok());
+                let mut out = &conn;
+                match file {
+                    Some(mut f) => {
+                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        let _ = write!(
+                            out,
+                            "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = std::io::copy(&mut f, &mut out);
+                    }
+                    None => {
+                        let _ = write!(out, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn upgrade_json(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("upgrade.json")).unwrap()).unwrap()
+}
+
+/// Boots `overlay` (kept across boots) with a direct kernel and the bundle
+/// server reachable as 10.0.2.100.
+fn boot(
+    name: &str,
+    overlay: &Path,
+    port: u16,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+) -> SerialLog {
+    // The Pi 5's debug UART is ttyAMA10; virt's PL011 is ttyAMA0.
+    assert!(
+        cmdline.starts_with("console=ttyAMA10,115200 "),
+        "cmdline.txt: {cmdline}"
+    );
+    let append = cmdline
+        .trim_end()
+        .replacen("console=ttyAMA10,115200", "console=ttyAMA0", 1);
+    let netdev = format!(
+        "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & cat >&3'"
+    );
+    let device = format!("virtio-net-pci,netdev=n0,mac={MAC}");
+    let drive = format!("file={},if=none,id=hd0,format=qcow2", overlay.display());
+    let log = Vm::aarch64_virt(name)
+        .unwrap()
+        .direct_kernel(kernel, initrd, &append)
+        .extra_args(&[
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-pci,drive=hd0",
+            "-netdev",
+            &netdev,
+            "-device",
+            &device,
+        ])
+        .boot(None, BOOT_TIMEOUT)
+        .unwrap();
+    eprintln!("{name}: {:.0?}", log.elapsed);
+    log
+}
+
+/// The overlay as a raw image, and its partitions by GPT name (start, size in
+/// sectors).
+struct Disk {
+    raw: PathBuf,
+    parts: Vec<(String, u64, u64)>,
+}
+
+impl Disk {
+    fn read(overlay: &Path, dir: &Path) -> Disk {
+        let raw = dir.join("disk.raw");
+        let _ = std::fs::remove_file(&raw);
+        run(Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(overlay)
+            .arg(&raw))
+        .unwrap();
+        let table: serde_json::Value =
+            serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&raw)).unwrap())
+                .unwrap();
+        let parts = table["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    p["start"].as_u64().unwrap(),
+                    p["size"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        Disk { raw, parts }
+    }
+
+    /// Copies partition `name` out to `dst`.
+    fn partition(&self, name: &str, dst: &Path) -> PathBuf {
+        let (_, start, size) = self
+            .parts
+            .iter()
+            .find(|p| p.0 == name)
+            .unwrap_or_else(|| panic!("no partition {name}: {:?}", self.parts));
+        run(Command::new("dd")
+            .arg(format!("if={}", self.raw.display()))
+            .arg(format!("of={}", dst.display()))
+            .args(["bs=512", "status=none"])
+            .arg(format!("skip={start}"))
+            .arg(format!("count={size}")))
+        .unwrap();
+        dst.to_owned()
+    }
+}
+
+/// `mcopy`s `file` out of the FAT image `fat` into `dir`.
+fn mcopy(fat: &Path, file: &str, dir: &Path) -> PathBuf {
+    let dst = dir.join(file.replace('/', "_"));
+    let _ = std::fs::remove_file(&dst);
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(fat)
+        .arg(format!("::/{file}"))
+        .arg(&dst))
+    .unwrap();
+    dst
+}
+
+fn sha256_prefix(path: &Path, bytes: u64) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).unwrap().take(bytes);
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+#[test]
+fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
+    let started = Instant::now();
+    let v1 = build_once("upgrade-pi-v1", &profile("v1")).expect("building v1");
+    let v2 = build_once("upgrade-pi-v2", &profile("v2")).expect("building v2");
+    eprintln!("builds: {:.0?}", started.elapsed());
+    let meta = upgrade_json(&v2);
+    let v2_version = meta["version"].as_str().unwrap().to_owned();
+    assert_ne!(upgrade_json(&v1)["version"], meta["version"]);
+
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    let overlay = dir.join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(v1.join("pi5.qcow2"))
+        .arg(&overlay))
+    .unwrap();
+    let port = serve(v2.clone());
+
+    // Boot 1: v1 from slot A (netboot/rpi/ is boot-a's content) stages v2 into slot B.
+    let rpi1 = v1.join("netboot/rpi");
+    let cmdline1 = std::fs::read_to_string(rpi1.join("cmdline.txt")).unwrap();
+    assert!(cmdline1.contains("labimg.slot=a"), "{cmdline1}");
+    let log = boot(
+        "upgrade-rpi5-boot1",
+        &overlay,
+        port,
+        &rpi1.join("kernel_2712.img"),
+        &rpi1.join("initramfs.img"),
+        &cmdline1,
+    );
+    log.assert_absent("labimg: FATAL");
+    log.assert_absent("labimg: upgrade refused");
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/vda4",
+        "labimg: state created",
+        "labimg: network up",
+        &format!("labimg: upgrade started slot=b version={v2_version}"),
+        "labimg: upgrade root written dev=/dev/vda5",
+        &format!("labimg: upgrade staged slot=b version={v2_version} boot_partition=3"),
+        "labimg: WARNING: upgrade staged but not tried",
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: done, powering off",
+    ]);
+
+    // A reset without the tryboot flag (or a failed trial) boots the committed
+    // slot A again: it runs v1 and does not download the staged version again.
+    let log = boot(
+        "upgrade-rpi5-boot1b",
+        &overlay,
+        port,
+        &rpi1.join("kernel_2712.img"),
+        &rpi1.join("initramfs.img"),
+        &cmdline1,
+    );
+    log.assert_absent("labimg: FATAL");
+    log.assert_absent("labimg: upgrade started");
+    log.assert_absent("labimg: boot trial");
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/vda4",
+        "labimg: state mounted dev=/dev/vda6",
+        &format!("labimg: upgrade skipped version={v2_version} reason=staged-not-tried"),
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: done, powering off",
+    ]);
+
+    // The disk as the firmware would find it.
+    let t = Instant::now();
+    let disk = Disk::read(&overlay, dir);
+    let names: Vec<&str> = disk.parts.iter().map(|p| p.0.as_str()).collect();
+    assert_eq!(
+        names,
+        ["autoboot", "boot-a", "boot-b", "root-a", "root-b", "STATE"]
+    );
+    let autoboot = disk.partition("autoboot", &dir.join("autoboot.img"));
+    assert_eq!(
+        std::fs::read_to_string(mcopy(&autoboot, "autoboot.txt", dir)).unwrap(),
+        "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n",
+        "staging must not touch autoboot.txt"
+    );
+    let boot_b = disk.partition("boot-b", &dir.join("boot-b.img"));
+    let rpi2 = v2.join("netboot/rpi");
+    let listed = meta["rpi_boot"]
+        .as_object()
+        .expect("rpi_boot in upgrade.json");
+    for f in [
+        "config.txt",
+        "kernel_2712.img",
+        "initramfs.img",
+        "bcm2712-rpi-5-b.dtb",
+    ] {
+        assert!(listed.contains_key(f), "{f} not in rpi_boot: {listed:?}");
+    }
+    for f in listed.keys() {
+        let got = std::fs::read(mcopy(&boot_b, f, dir)).unwrap();
+        assert!(
+            got == std::fs::read(rpi2.join(f)).unwrap(),
+            "boot-b/{f} differs from v2's"
+        );
+    }
+    let cmdline_b = std::fs::read_to_string(mcopy(&boot_b, "cmdline.txt", dir)).unwrap();
+    assert_eq!(
+        cmdline_b,
+        format!("{}{TRIAL_ARGS}\n", meta["cmdline"]["b"].as_str().unwrap())
+    );
+    assert!(
+        cmdline_b.contains("labimg.root=PARTLABEL=root-b"),
+        "{cmdline_b}"
+    );
+    let root_b = disk.partition("root-b", &dir.join("root-b.img"));
+    assert_eq!(
+        sha256_prefix(&root_b, meta["root"]["size"].as_u64().unwrap()),
+        meta["root"]["sha256"].as_str().unwrap()
+    );
+    let kernel = mcopy(&boot_b, "kernel_2712.img", dir);
+    let initrd = mcopy(&boot_b, "initramfs.img", dir);
+    for p in [&autoboot, &boot_b, &root_b, &disk.raw] {
+        std::fs::remove_file(p).unwrap();
+    }
+    eprintln!("disk checks: {:.0?}", t.elapsed());
+
+    // Boot 2: what the firmware does after `reboot "0 tryboot"`: boot partition 3.
+    let log = boot(
+        "upgrade-rpi5-boot2",
+        &overlay,
+        port,
+        &kernel,
+        &initrd,
+        &cmdline_b,
+    );
+    log.assert_absent("labimg: FATAL");
+    log.assert_absent("labimg: state created");
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/vda5",
+        "labimg: root verified",
+        "labimg: boot trial slot=b deadline=600s",
+        "labimg: state mounted dev=/dev/vda6",
+        &format!("labimg: upgrade check version={v2_version} up-to-date"),
+        "labimg: boot blessed slot=b boot_partition=3",
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: done, powering off",
+    ]);
+    let config = log.lines_with("k3s-stand-in: config| ");
+    assert!(
+        config
+            .iter()
+            .any(|l| l.ends_with("- labimg.test/version=v2")),
+        "slot B does not run v2's config: {config:#?}; log: {}",
+        log.keep().display()
+    );
+
+    // Committed: slot B is the default, slot A the tryboot one; no trial arguments.
+    let disk = Disk::read(&overlay, dir);
+    let autoboot = disk.partition("autoboot", &dir.join("autoboot.img"));
+    assert_eq!(
+        std::fs::read_to_string(mcopy(&autoboot, "autoboot.txt", dir)).unwrap(),
+        "[all]\ntryboot_a_b=1\nboot_partition=3\n[tryboot]\nboot_partition=2\n"
+    );
+    let boot_b = disk.partition("boot-b", &dir.join("boot-b.img"));
+    assert_eq!(
+        std::fs::read_to_string(mcopy(&boot_b, "cmdline.txt", dir)).unwrap(),
+        format!("{}\n", meta["cmdline"]["b"].as_str().unwrap())
+    );
+    run(Command::new("fsck.vfat").arg("-n").arg(&autoboot)).unwrap();
+    run(Command::new("fsck.vfat").arg("-n").arg(&boot_b)).unwrap();
+    eprintln!("rpi5 upgrade: {:.0?} in all", started.elapsed());
+}
+
+#[test]
+fn upgrade_rpi5_refuses_a_corrupt_root_and_leaves_boot_b_unbootable() {
+    let v1 = build_once("upgrade-pi-v1", &profile("v1")).expect("building v1");
+    let v2 = build_once("upgrade-pi-v2", &profile("v2")).expect("building v2");
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
+    // v2's bundle with one byte of the root image flipped after it was hashed.
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(bundle.join("netboot/rpi")).unwrap();
+    std::fs::copy(v2.join("upgrade.json"), bundle.join("upgrade.json")).unwrap();
+    for entry in std::fs::read_dir(v2.join("netboot/rpi")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            bundle.join("netboot/rpi").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let mut root = std::fs::read(v2.join("netboot/root.squashfs")).unwrap();
+    let mid = root.len() / 2;
+    root[mid] ^= 0xff;
+    std::fs::write(bundle.join("netboot/root.squashfs"), root).unwrap();
+
+    let overlay = dir.join("disk.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(v1.join("pi5.qcow2"))
+        .arg(&overlay))
+    .unwrap();
+    let rpi1 = v1.join("netboot/rpi");
+    let log = boot(
+        "upgrade-rpi5-corrupt",
+        &overlay,
+        serve(bundle),
+        &rpi1.join("kernel_2712.img"),
+        &rpi1.join("initramfs.img"),
+        &std::fs::read_to_string(rpi1.join("cmdline.txt")).unwrap(),
+    );
+    log.assert_absent("labimg: FATAL");
+    log.assert_absent("labimg: upgrade staged");
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/vda4",
+        "labimg: upgrade started slot=b",
+        "labimg: upgrade refused: root image written to /dev/vda5 has sha256",
+        // The running system carries on.
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: done, powering off",
+    ]);
+
+    // boot-b has no config.txt (a tryboot would not start a half-written slot),
+    // and autoboot.txt is as built.
+    let disk = Disk::read(&overlay, dir);
+    let boot_b = disk.partition("boot-b", &dir.join("boot-b.img"));
+    let listing = run(Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(&boot_b)
+        .arg("::/"))
+    .unwrap();
+    assert!(listing.trim().is_empty(), "boot-b is not empty: {listing}");
+    let autoboot = disk.partition("autoboot", &dir.join("autoboot.img"));
+    assert_eq!(
+        std::fs::read_to_string(mcopy(&autoboot, "autoboot.txt", dir)).unwrap(),
+        "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
+    );
+}
