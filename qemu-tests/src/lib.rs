@@ -478,3 +478,46 @@ impl Vm {
         self
     }
 }
+
+/// Serves the files under `root` over HTTP/1.0 on 127.0.0.1 (GET only), for
+/// as long as the test process lives. Returns the port.
+pub fn serve_dir_http(root: PathBuf) -> u16 {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding the bundle server");
+    let port = listener.local_addr().expect("local addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(&conn);
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                let path = request.split(' ').nth(1).unwrap_or("/");
+                let file = (!path.contains(".."))
+                    .then(|| root.join(path.trim_start_matches('/')))
+                    .and_then(|p| std::fs::File::open(p).ok());
+                let mut out = &conn;
+                match file {
+                    Some(mut f) => {
+                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                        let _ = write!(
+                            out,
+                            "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = std::io::copy(&mut f, &mut out);
+                    }
+                    None => {
+                        let _ = write!(out, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    }
+                }
+            });
+        }
+    });
+    port
+}

@@ -8,13 +8,11 @@
 //! 127.0.0.1 serving a second build's output folder. `-no-reboot`
 //! makes every guest reboot end QEMU, and the test boots the same disk again.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use labimg_qemu_tests::{SerialLog, Vm, build_once, run};
+use labimg_qemu_tests::{SerialLog, Vm, build_once, run, serve_dir_http};
 
 const MAC: &str = "52:54:00:12:34:57";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,48 +37,6 @@ labels = {{ "labimg.test/version" = "{version}" }}
 formats = ["qcow2"]
 "#
     )
-}
-
-/// Serves the files under `root` over HTTP/1.0 on 127.0.0.1 (GET only), for
-/// as long as the test process lives. Returns the port.
-fn serve(root: PathBuf) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the bundle server");
-    let port = listener.local_addr().expect("local addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let root = root.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(&conn);
-                let mut request = String::new();
-                if reader.read_line(&mut request).is_err() {
-                    return;
-                }
-                let mut header = String::new();
-                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
-                    header.clear();
-                }
-                let path = request.split(' ').nth(1).unwrap_or("/");
-                let file = (!path.contains(".."))
-                    .then(|| root.join(path.trim_start_matches('/')))
-                    .and_then(|p| std::fs::File::open(p).ok());
-                let mut out = &conn;
-                match file {
-                    Some(mut f) => {
-                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                        let _ = write!(
-                            out,
-                            "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                        );
-                        let _ = std::io::copy(&mut f, &mut out);
-                    }
-                    None => {
-                        let _ = write!(out, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
-                    }
-                }
-            });
-        }
-    });
-    port
 }
 
 /// The bundle a node downloads: `upgrade.json` and the netboot files, copied
@@ -115,7 +71,7 @@ impl Node {
         Node {
             name,
             overlay,
-            port: serve(bundle),
+            port: serve_dir_http(bundle),
             boots: 0,
             _scratch: scratch,
         }

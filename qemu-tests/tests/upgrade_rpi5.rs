@@ -17,13 +17,11 @@
 //! that does not match its sha256: the agent refuses it and leaves boot-b
 //! empty, so no tryboot could start the half-written slot.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use labimg_qemu_tests::{SerialLog, Vm, build_once, run};
+use labimg_qemu_tests::{SerialLog, Vm, build_once, run, serve_dir_http};
 
 const MAC: &str = "52:54:00:12:34:58";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
@@ -52,48 +50,6 @@ labels = {{ "labimg.test/version" = "{version}" }}
 formats = ["qcow2"]
 "#
     )
-}
-
-/// Serves the files under `root` over HTTP/1.0 on 127.0.0.1 (GET only), for
-/// as long as the test process lives. Returns the port.
-fn serve(root: PathBuf) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the bundle server");
-    let port = listener.local_addr().expect("local addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let root = root.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(&conn);
-                let mut request = String::new();
-                if reader.read_line(&mut request).is_err() {
-                    return;
-                }
-                let mut header = String::new();
-                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
-                    header.clear();
-                }
-                let path = request.split(' ').nth(1).unwrap_or("/");
-                let file = (!path.contains(".."))
-                    .then(|| root.join(path.trim_start_matches('/')))
-                    .and_then(|p| std::fs::File::open(p).ok());
-                let mut out = &conn;
-                match file {
-                    Some(mut f) => {
-                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                        let _ = write!(
-                            out,
-                            "HTTP/1.0 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                        );
-                        let _ = std::io::copy(&mut f, &mut out);
-                    }
-                    None => {
-                        let _ = write!(out, "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n");
-                    }
-                }
-            });
-        }
-    });
-    port
 }
 
 fn upgrade_json(out: &Path) -> serde_json::Value {
@@ -234,7 +190,7 @@ fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
         .arg(v1.join("pi5.qcow2"))
         .arg(&overlay))
     .unwrap();
-    let port = serve(v2.clone());
+    let port = serve_dir_http(v2.clone());
 
     // Boot 1: v1 from slot A (netboot/rpi/ is boot-a's content) stages v2 into slot B.
     let rpi1 = v1.join("netboot/rpi");
@@ -418,7 +374,7 @@ fn upgrade_rpi5_refuses_a_corrupt_root_and_leaves_boot_b_unbootable() {
     let log = boot(
         "upgrade-rpi5-corrupt",
         &overlay,
-        serve(bundle),
+        serve_dir_http(bundle),
         &rpi1.join("kernel_2712.img"),
         &rpi1.join("initramfs.img"),
         &std::fs::read_to_string(rpi1.join("cmdline.txt")).unwrap(),
