@@ -52,6 +52,11 @@ pub trait Target {
     }
 }
 
+/// Modules to mount the FAT boot partitions (the ESP, the Pi's boot and
+/// autoboot partitions), which the upgrade agent and boot blessing write:
+/// Debian's kernel mounts FAT with codepage 437 and ASCII/UTF-8 names.
+pub const FAT_MODULES: [&str; 4] = ["vfat", "nls_cp437", "nls_ascii", "nls_utf8"];
+
 /// The target for a profile's `target.board`.
 pub fn for_profile(profile: &Profile) -> Result<Box<dyn Target>> {
     match profile.target.board {

@@ -76,13 +76,23 @@ pub struct Vm {
 impl Vm {
     /// An x86_64 UEFI (OVMF, q35) machine, like a Proxmox VM with OVMF.
     pub fn x86_64_uefi(name: &str) -> Result<Vm> {
-        let work = tempfile::tempdir()?;
-        let vars = work.path().join("OVMF_VARS.fd");
+        let mut vm = Vm::new(name, "qemu-system-x86_64", &["-machine", "q35"])?;
+        let vars = vm.work.path().join("OVMF_VARS.fd");
         std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
             .context("copying OVMF vars (is ovmf installed?)")?;
-        let args = [
-            "-machine",
-            "q35",
+        vm.args.extend([
+            "-drive".into(),
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        ]);
+        Ok(vm)
+    }
+
+    /// A machine with the arguments every boot test shares: TCG only (KVM
+    /// hangs on these machines), 2 GiB, 2 vCPUs, serial console, no reboot.
+    fn new(name: &str, binary: &str, machine: &[&str]) -> Result<Vm> {
+        let common = [
             "-accel",
             "tcg",
             "-m",
@@ -93,21 +103,16 @@ impl Vm {
             "-no-reboot",
             "-monitor",
             "none",
-            "-drive",
-            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-        ])
-        .collect();
+        ];
         Ok(Vm {
             name: name.to_owned(),
-            args,
-            binary: "qemu-system-x86_64".into(),
-            work,
+            args: machine
+                .iter()
+                .chain(&common)
+                .map(|s| s.to_string())
+                .collect(),
+            binary: binary.to_owned(),
+            work: tempfile::tempdir()?,
         })
     }
 
@@ -115,31 +120,11 @@ impl Vm {
     /// it with [`Vm::direct_kernel`]. Stands in for a Raspberry Pi 5, which
     /// QEMU does not emulate.
     pub fn aarch64_virt(name: &str) -> Result<Vm> {
-        let args = [
-            "-machine",
-            "virt",
-            "-cpu",
-            "cortex-a72",
-            "-accel",
-            "tcg",
-            "-m",
-            "2048",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-            "-monitor",
-            "none",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        Ok(Vm {
-            name: name.to_owned(),
-            args,
-            binary: "qemu-system-aarch64".into(),
-            work: tempfile::tempdir()?,
-        })
+        Vm::new(
+            name,
+            "qemu-system-aarch64",
+            &["-machine", "virt", "-cpu", "cortex-a72"],
+        )
     }
 
     /// Boots `kernel` and `initrd` directly (QEMU's loader in place of the
@@ -381,29 +366,7 @@ impl Vm {
     /// An x86_64 BIOS machine (SeaBIOS, i440fx): what a Proxmox VM with the
     /// default firmware is.
     pub fn x86_64_bios(name: &str) -> Result<Vm> {
-        let args = [
-            "-machine",
-            "pc",
-            "-accel",
-            "tcg",
-            "-m",
-            "2048",
-            "-smp",
-            "2",
-            "-nographic",
-            "-no-reboot",
-            "-monitor",
-            "none",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        Ok(Vm {
-            name: name.to_owned(),
-            args,
-            binary: "qemu-system-x86_64".into(),
-            work: tempfile::tempdir()?,
-        })
+        Vm::new(name, "qemu-system-x86_64", &["-machine", "pc"])
     }
 
     /// [`Vm::aarch64_virt`] with UEFI firmware (AAVMF, from `qemu-efi-aarch64`) as

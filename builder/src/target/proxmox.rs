@@ -36,15 +36,11 @@ impl Target for Proxmox {
             "virtio_net",
             "squashfs",
             "loop",
-            // The upgrade agent and the boot blessing mount the ESP (FAT32);
-            // Debian's kernel mounts FAT with codepage 437 and UTF-8 names.
-            "vfat",
-            "nls_cp437",
-            "nls_ascii",
-            "nls_utf8",
         ]
+        .into_iter()
+        .chain(super::FAT_MODULES)
         .map(String::from)
-        .to_vec()
+        .collect()
     }
 
     fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Vec<String> {

@@ -85,15 +85,11 @@ impl Target for Rpi5 {
             "virtio_mmio",
             "squashfs",
             "loop",
-            // The upgrade agent mounts the autoboot and boot FAT partitions
-            // (Debian's defaults: codepage 437, iocharset ascii).
-            "vfat",
-            "nls_cp437",
-            "nls_ascii",
-            "nls_utf8",
         ]
+        .into_iter()
+        .chain(super::FAT_MODULES)
         .map(String::from)
-        .to_vec()
+        .collect()
     }
 
     fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Vec<String> {
