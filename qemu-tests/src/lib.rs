@@ -342,6 +342,7 @@ pub fn build_profile_file_once(name: &str, path: &Path, sets: &[String]) -> Resu
     if out.join("manifest.json").exists() {
         return Ok(out);
     }
+    remove_stale_builds(&base, name, &out);
     let profile = labimg_builder::profile::load(
         path.to_str().context("non-UTF-8 path")?,
         &workspace_root().join("profiles"),
@@ -360,6 +361,27 @@ pub fn build_profile_file_once(name: &str, path: &Path, sets: &[String]) -> Resu
     labimg_builder::build::build(&profile, &opts)
         .with_context(|| format!("building {}", path.display()))?;
     Ok(out)
+}
+
+/// Removes earlier builds of `name` (other test binaries or profiles): each is
+/// 100–400 MB and only the current key is ever used again.
+fn remove_stale_builds(base: &Path, name: &str, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let prefix = format!("{name}-");
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        // `<name>-<16 hex digits>` only: `pi5-pxe-…` is not a build of `pi5`.
+        let is_key = rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit());
+        if is_key && path != keep && path.is_dir() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 impl Vm {
