@@ -177,6 +177,17 @@ impl KernelModules {
     pub fn closure(&self, tree: &Tree, wanted: &[String]) -> Result<Vec<LoadableModule>> {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
+        for name in self.loadable(wanted)? {
+            self.visit(tree, &name, &mut seen, &mut order, &mut Vec::new())?;
+        }
+        Ok(order)
+    }
+
+    /// The normalized names in `wanted` that are loadable modules (built-in
+    /// ones dropped), without reading any module. An unknown name is an error
+    /// naming the closest.
+    pub fn loadable(&self, wanted: &[String]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
         for w in wanted {
             let name = normalize_name(w);
             if self.is_builtin(&name) {
@@ -193,9 +204,11 @@ impl KernelModules {
                     .unwrap_or_default();
                 bail!("kernel {} has no module '{w}'{hint}", self.version);
             }
-            self.visit(tree, &name, &mut seen, &mut order, &mut Vec::new())?;
+            if !out.contains(&name) {
+                out.push(name);
+            }
         }
-        Ok(order)
+        Ok(out)
     }
 
     fn visit(

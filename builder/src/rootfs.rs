@@ -204,6 +204,97 @@ fn node_os(tree: &mut Tree, profile: &Profile, render: &RenderOptions) -> Result
     Ok(dirs.len())
 }
 
+/// Modules every node loads before k3s starts: what k3s's containerd and
+/// kubelet need (overlayfs, bridge netfilter, conntrack and NAT) and what
+/// Cilium's datapath uses (BPF classifiers, tunnels, the iptables matches of its
+/// proxy and masquerading rules). Keep in step with `builder/node/README.md`.
+pub const RUNTIME_MODULES: &[&str] = &[
+    "overlay",
+    "br_netfilter",
+    "nf_conntrack",
+    "nf_nat",
+    "nf_tables",
+    "nft_compat",
+    "ip_tables",
+    "iptable_filter",
+    "iptable_nat",
+    "iptable_mangle",
+    "iptable_raw",
+    "ip6_tables",
+    "ip6table_filter",
+    "ip6table_nat",
+    "ip6table_mangle",
+    "ip6table_raw",
+    "xt_conntrack",
+    "xt_comment",
+    "xt_mark",
+    "xt_MASQUERADE",
+    "xt_socket",
+    "xt_TPROXY",
+    "xt_CT",
+    "xt_set",
+    "ip_set",
+    "vxlan",
+    "geneve",
+    "veth",
+    "cls_bpf",
+    "sch_ingress",
+];
+
+/// Kernel parameters every node gets before k3s starts; the profile's
+/// `kernel.sysctls` override them. Forwarding and bridge netfilter are what
+/// pod networking needs; the panic and overcommit values are the ones kubelet
+/// checks with `protect-kernel-defaults`; the inotify limits keep many pods
+/// from running out of watches. Keep in step with `builder/node/README.md`.
+pub const DEFAULT_SYSCTLS: &[(&str, &str)] = &[
+    ("fs.inotify.max_user_instances", "8192"),
+    ("fs.inotify.max_user_watches", "524288"),
+    ("kernel.panic", "10"),
+    ("kernel.panic_on_oops", "1"),
+    ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    ("net.bridge.bridge-nf-call-iptables", "1"),
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+    ("vm.overcommit_memory", "1"),
+    ("vm.panic_on_oom", "0"),
+];
+
+/// Writes what stage 2 applies before k3s starts: `usr/lib/labimg/modules-load`
+/// (one module a line, built-ins left out) and `usr/lib/labimg/sysctl.conf`.
+/// Every module name is checked against the kernel package here, so a typo in
+/// `kernel.load` fails the build instead of a node's boot.
+fn kernel_runtime(tree: &mut Tree, profile: &Profile, modules: &KernelModules) -> Result<()> {
+    let defaults: Vec<String> = RUNTIME_MODULES.iter().map(|m| m.to_string()).collect();
+    let mut load = modules
+        .loadable(&defaults)
+        .context("the kernel lacks a module k3s or Cilium needs")?;
+    for name in modules
+        .loadable(&profile.kernel.load)
+        .context("kernel.load")?
+    {
+        if !load.contains(&name) {
+            load.push(name);
+        }
+    }
+    let mut list = load.join("\n");
+    list.push('\n');
+    tree.insert_file("usr/lib/labimg/modules-load", list, 0o644)?;
+
+    let mut sysctls: std::collections::BTreeMap<String, String> = DEFAULT_SYSCTLS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in &profile.kernel.sysctls {
+        sysctls.insert(k.clone(), v.to_string());
+    }
+    let conf: String = sysctls
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}\n"))
+        .collect();
+    tree.insert_file("usr/lib/labimg/sysctl.conf", conf, 0o644)?;
+    Ok(())
+}
+
 /// Builds the root tree: packages, node OS, node table, k3s.
 pub fn assemble_rootfs(
     profile: &Profile,
@@ -228,6 +319,7 @@ pub fn assemble_rootfs(
     let modules = KernelModules::find(&tree)?;
     let dep = modules.modules_dep(&tree).context("writing modules.dep")?;
     tree.insert_file(modules.dir.join("modules.dep"), dep, 0o644)?;
+    kernel_runtime(&mut tree, profile, &modules)?;
     if let K3sBinary::Baked(path) = k3s {
         let data = std::fs::read(path)
             .with_context(|| format!("reading the k3s binary {}", path.display()))?;

@@ -303,3 +303,48 @@ fn literal_secrets_and_malformed_sizes_are_rejected() {
     );
     assert_eq!(e.0.len(), 2, "{text}");
 }
+
+#[test]
+fn kernel_runtime_modules_and_sysctls_are_checked_with_their_lines() {
+    let text = format!(
+        "{MINIMAL}{}",
+        r#"[kernel]
+load = ["wireguard", "not a module"]
+[kernel.sysctls]
+"vm.max_map_count" = 262144
+"net.ipv4.tcp_rmem" = "4096 87380 6291456"
+"nodots" = 1
+"bad.value" = "a\nb"
+"#
+    );
+    let dir = write(&[("k.toml", &text)]);
+    let e = errors("k", dir.path(), &[]);
+    let mut got: Vec<(String, usize)> =
+        e.0.iter()
+            .map(|p| (p.path.clone(), p.location.line))
+            .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("kernel.load[1]".to_owned(), 9),
+            ("kernel.sysctls.\"bad.value\"".to_owned(), 14),
+            ("kernel.sysctls.\"nodots\"".to_owned(), 13),
+        ],
+        "{e}"
+    );
+
+    // The same keys, valid: numbers and strings both load.
+    let ok = format!(
+        "{MINIMAL}{}",
+        r#"[kernel]
+load = ["wireguard"]
+sysctls = { "vm.max_map_count" = 262144, "net.ipv4.tcp_rmem" = "4096 87380 6291456" }
+"#
+    );
+    let dir = write(&[("ok.toml", &ok)]);
+    let p = profile::load("ok", dir.path(), &[]).unwrap();
+    assert_eq!(p.kernel.load, ["wireguard"]);
+    let values: Vec<String> = p.kernel.sysctls.values().map(|v| v.to_string()).collect();
+    assert_eq!(values, ["4096 87380 6291456", "262144"]);
+}

@@ -19,6 +19,12 @@ mac = "52:54:00:12:34:56"
 role = "server"
 labels = { "topology.kubernetes.io/zone" = "rack-1" }
 
+# One extra module (WireGuard, as a VPN operator would want) and two
+# parameters: one new, one overriding labimg's default.
+[kernel]
+load = ["wireguard"]
+sysctls = { "vm.max_map_count" = 262144, "kernel.panic" = 30 }
+
 # raw.xz is the slow output and not what this test boots.
 [outputs]
 formats = ["qcow2"]
@@ -48,6 +54,7 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
         "labimg: root verified",
         "labimg: root mounted",
         "labimg: stage2 start",
+        "labimg: kernel ready",
         "labimg: state created",
         "labimg: state mounted",
         "labimg: network up",
@@ -59,6 +66,29 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
         "k3s-stand-in: hostname=pve-cp-1",
         "k3s-stand-in: done, powering off",
     ]);
+    // The kernel as k3s finds it: the modules k3s and Cilium need plus the
+    // profile's, loaded; labimg's parameters with the profile's on top.
+    log.assert_absent("labimg: WARNING");
+    log.assert_absent("MISSING");
+    for want in [
+        "k3s-stand-in: module overlay loaded",
+        "k3s-stand-in: module br_netfilter loaded",
+        "k3s-stand-in: module vxlan loaded",
+        "k3s-stand-in: module cls_bpf loaded",
+        "k3s-stand-in: module wireguard loaded",
+        "k3s-stand-in: sysctl net.ipv4.ip_forward=1",
+        "k3s-stand-in: sysctl net.bridge.bridge-nf-call-iptables=1",
+        "k3s-stand-in: sysctl vm.overcommit_memory=1",
+        "k3s-stand-in: sysctl vm.max_map_count=262144",
+        "k3s-stand-in: sysctl kernel.panic=30",
+    ] {
+        assert_eq!(
+            log.lines_with(want).len(),
+            1,
+            "{want:?} not on the console; log: {}",
+            log.keep().display()
+        );
+    }
     // The rendered config, line by line (keys are sorted by the renderer).
     let config: Vec<String> = log
         .lines_with("k3s-stand-in: config| ")

@@ -3,6 +3,8 @@
 //! Board-dependent defaults (console, kernel package) are filled in by
 //! [`Profile::apply_board_defaults`](super::Profile::apply_board_defaults) after loading.
 
+use std::collections::BTreeMap;
+
 use super::types::{Arch, Board, Cluster, Cni, CniKind, Debian, Disk, Gitops, GitopsEngine};
 use super::types::{ImageFormat, Kernel, Outputs, Size};
 
@@ -66,6 +68,8 @@ impl Default for Kernel {
             modules: ["squashfs", "loop", "ext4", "dm-verity"]
                 .map(String::from)
                 .to_vec(),
+            load: Vec::new(),
+            sysctls: BTreeMap::new(),
         }
     }
 }

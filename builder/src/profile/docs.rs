@@ -162,6 +162,10 @@ impl<'a> Ref<'a> {
                 .collect();
             return format!("table, one of {}", forms.join(", "));
         }
+        if let Some(alts) = s.get("anyOf").and_then(Value::as_array) {
+            let types: Vec<String> = alts.iter().map(|a| self.type_of(a)).collect();
+            return types.join(" or ");
+        }
         if s.get("format").and_then(Value::as_str) == Some("byte-size") {
             return "size (string like `\"4GiB\"` or integer bytes)".into();
         }
@@ -178,7 +182,7 @@ impl<'a> Ref<'a> {
             },
             Some("object") if self.is_struct(s) => "table".into(),
             Some("object") => match s.get("additionalProperties") {
-                Some(Value::Object(v)) if v.contains_key("type") => {
+                Some(Value::Object(v)) if !v.is_empty() => {
                     format!("table of {}", self.type_of(&s["additionalProperties"]))
                 }
                 _ => "table (free-form)".into(),
@@ -202,7 +206,11 @@ fn toml_literal(v: &Value) -> String {
                 .iter()
                 .map(|(k, v)| format!("{k} = {}", toml_literal(v)))
                 .collect();
-            format!("{{ {} }}", kv.join(", "))
+            if kv.is_empty() {
+                "{}".to_owned()
+            } else {
+                format!("{{ {} }}", kv.join(", "))
+            }
         }
         other => other.to_string(),
     }

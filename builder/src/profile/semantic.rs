@@ -23,6 +23,12 @@ impl Report<'_> {
             .split(['.', '[', ']'])
             .filter(|s| !s.is_empty())
             .collect();
+        self.add_at(&segments, path, message);
+    }
+
+    /// [`Report::add`] for a key path whose last key itself holds dots
+    /// (`kernel.sysctls."vm.max_map_count"`): `segments` are the real keys.
+    fn add_at(&mut self, segments: &[&str], path: &str, message: impl Into<String>) {
         // A default value has no place in any file: point at the nearest key that does.
         let origin = (0..=segments.len())
             .rev()
@@ -96,14 +102,39 @@ fn check_packages(p: &Profile, r: &mut Report<'_>) {
         check_spec(&format!("debian.packages[{i}]"), spec);
     }
     check_spec("kernel.package", p.kernel_package());
-    for (i, m) in p.kernel.modules.iter().enumerate() {
-        if !is_word(m, |c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            r.add(
-                &format!("kernel.modules[{i}]"),
-                format!("'{m}' is not a module name"),
-            );
+    let module_lists = [("modules", &p.kernel.modules), ("load", &p.kernel.load)];
+    for (key, list) in module_lists {
+        for (i, m) in list.iter().enumerate() {
+            if !is_word(m, |c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                r.add(
+                    &format!("kernel.{key}[{i}]"),
+                    format!("'{m}' is not a module name"),
+                );
+            }
         }
     }
+    for (name, value) in &p.kernel.sysctls {
+        if let Err(e) = check_sysctl(name, &value.to_string()) {
+            let path = format!("kernel.sysctls.\"{name}\"");
+            r.add_at(&["kernel", "sysctls", name], &path, e);
+        }
+    }
+}
+
+/// A sysctl name is dotted words (`net.ipv4.ip_forward`, `net.ipv4.conf.eth0.rp_filter`);
+/// its value is one line.
+fn check_sysctl(name: &str, value: &str) -> Result<(), String> {
+    let word_ok = |w: &str| is_word(w, |c| c.is_ascii_alphanumeric() || "_-".contains(c));
+    let words: Vec<&str> = name.split('.').collect();
+    if words.len() < 2 || !words.iter().all(|w| word_ok(w)) {
+        return Err(format!(
+            "'{name}' is not a sysctl name (dotted words, like net.ipv4.ip_forward)"
+        ));
+    }
+    if value.is_empty() || value.contains(['\n', '\r']) {
+        return Err(format!("the value of {name} must be one non-empty line"));
+    }
+    Ok(())
 }
 
 /// `name`, `name/suite` or `name=version`, Debian package name rules.

@@ -123,6 +123,36 @@ pub struct Kernel {
     /// Kernel modules the initramfs must carry and load before root is mounted
     /// (their dependencies are added automatically).
     pub modules: Vec<String>,
+    /// Extra kernel modules the node loads before k3s starts (for example
+    /// `["iscsi_tcp", "dm_crypt"]` for Longhorn), on top of those k3s and Cilium
+    /// always get (overlay, br_netfilter, netfilter, vxlan, BPF classifiers; the
+    /// list is in `builder/node/README.md`). Checked against the kernel package at
+    /// build time.
+    pub load: Vec<String>,
+    /// Kernel parameters the node sets before k3s starts, `"name" = value`
+    /// (quote names with dots: `"vm.max_map_count" = 262144`). They override
+    /// labimg's defaults for Kubernetes (IP forwarding, bridge netfilter, inotify
+    /// limits, kubelet's expected panic settings; listed in `builder/node/README.md`).
+    pub sysctls: BTreeMap<String, SysctlValue>,
+}
+
+/// A sysctl value: a number or a string (`"4096 87380 6291456"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum SysctlValue {
+    /// An integer value.
+    Int(i64),
+    /// Any other value, written as given.
+    Text(String),
+}
+
+impl std::fmt::Display for SysctlValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SysctlValue::Int(n) => write!(f, "{n}"),
+            SysctlValue::Text(s) => f.write_str(s),
+        }
+    }
 }
 
 /// `[disk]`: disk image geometry. Sizes are human sizes: `"4GiB"`, `"512MiB"`, `"1G"`.

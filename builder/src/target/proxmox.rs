@@ -45,6 +45,10 @@ impl Target for Proxmox {
 
     fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Vec<String> {
         let mut args = common_cmdline(profile, root, format!("labimg.root=PARTLABEL=root-{slot}"));
+        // The VM's display (Proxmox's noVNC console) too, not only the serial
+        // port that a VM has only once `qm set --serial0 socket` added it. The
+        // last console= is /dev/console, where init's milestones go.
+        args.insert(0, "console=tty0".to_owned());
         args.push(format!("labimg.slot={slot}"));
         args
     }
