@@ -98,6 +98,10 @@ pub fn resolve_inputs(
     let kernel = only_from_kernel_source(kernel);
     let mut root_reqs: Vec<String> = NODE_PACKAGES.iter().map(|s| s.to_string()).collect();
     root_reqs.extend(profile.debian.packages.iter().cloned());
+    if profile.upgrade.public_key.is_some() {
+        // The upgrade agent checks bundle signatures with minisign's own CLI.
+        root_reqs.push("minisign".to_owned());
+    }
     let root = archive
         .resolve(&root_reqs)
         .context("resolving the root filesystem packages")?;

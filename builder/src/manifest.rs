@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::debian::cache::hash_file;
 use crate::inputs::InputSets;
@@ -86,13 +87,19 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<OutputFile>) -> Result<()> {
 
 /// Writes `SHA256SUMS` (sha256sum's format) and `manifest.json`.
 pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<()> {
-    let sums: String = manifest
+    let json = serde_json::to_string_pretty(manifest)? + "\n";
+    std::fs::write(dir.join("manifest.json"), &json).context("writing manifest.json")?;
+    // The manifest is listed last: it lists every other output, and a signature
+    // over SHA256SUMS then vouches for the manifest too.
+    let mut sums: String = manifest
         .outputs
         .iter()
         .map(|o| format!("{}  {}\n", o.sha256, o.path))
         .collect();
+    sums.push_str(&format!(
+        "{}  manifest.json\n",
+        hex::encode(Sha256::digest(json.as_bytes()))
+    ));
     std::fs::write(dir.join("SHA256SUMS"), sums).context("writing SHA256SUMS")?;
-    let json = serde_json::to_string_pretty(manifest)? + "\n";
-    std::fs::write(dir.join("manifest.json"), json).context("writing manifest.json")?;
     Ok(())
 }

@@ -295,6 +295,9 @@ fn kernel_runtime(tree: &mut Tree, profile: &Profile, modules: &KernelModules) -
     Ok(())
 }
 
+/// Where the image keeps `upgrade.public-key` for the upgrade agent.
+pub const UPGRADE_KEY: &str = "usr/lib/labimg/upgrade.pub";
+
 /// Builds the root tree: packages, node OS, node table, k3s.
 pub fn assemble_rootfs(
     profile: &Profile,
@@ -320,6 +323,11 @@ pub fn assemble_rootfs(
     let dep = modules.modules_dep(&tree).context("writing modules.dep")?;
     tree.insert_file(modules.dir.join("modules.dep"), dep, 0o644)?;
     kernel_runtime(&mut tree, profile, &modules)?;
+    if let Some(key) = &profile.upgrade.public_key {
+        // minisign's .pub format; the upgrade agent verifies bundles with it.
+        let text = format!("untrusted comment: labimg upgrade key\n{}\n", key.trim());
+        tree.insert_file(UPGRADE_KEY, text, 0o644)?;
+    }
     if let K3sBinary::Baked(path) = k3s {
         let data = std::fs::read(path)
             .with_context(|| format!("reading the k3s binary {}", path.display()))?;

@@ -81,6 +81,9 @@ pub fn common_cmdline(profile: &Profile, root: &RootImage, root_arg: String) -> 
         format!("labimg.verity.hash-offset={}", v.hash_offset),
         "panic=10".to_owned(),
     ];
+    if let Some(url) = &profile.upgrade.url {
+        args.push(format!("labimg.upgrade={url}"));
+    }
     args.extend(profile.kernel.cmdline.iter().cloned());
     args
 }

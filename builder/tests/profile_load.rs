@@ -348,3 +348,47 @@ sysctls = { "vm.max_map_count" = 262144, "net.ipv4.tcp_rmem" = "4096 87380 62914
     let values: Vec<String> = p.kernel.sysctls.values().map(|v| v.to_string()).collect();
     assert_eq!(values, ["4096 87380 6291456", "262144"]);
 }
+
+#[test]
+fn upgrade_url_and_public_key_are_checked() {
+    let bad = format!(
+        "{MINIMAL}{}",
+        r#"[upgrade]
+url = "ftp://10.0.0.2/images/x"
+public-key = "not-a-key"
+"#
+    );
+    let dir = write(&[("u.toml", &bad)]);
+    let e = errors("u", dir.path(), &[]);
+    let mut got: Vec<(String, usize)> =
+        e.0.iter()
+            .map(|p| (p.path.clone(), p.location.line))
+            .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("upgrade.public-key".to_owned(), 10),
+            ("upgrade.url".to_owned(), 9),
+        ],
+        "{e}"
+    );
+
+    let good = format!(
+        "{MINIMAL}{}",
+        r#"[upgrade]
+url = "http://10.0.0.2:8080/bundles/proxmox"
+public-key = "RWSLFipdk3h87vgZFAfLVhLCDEXDoa5X+uN/RstJXGJtD/6a/zdVSGZj"
+"#
+    );
+    let dir = write(&[("g.toml", &good)]);
+    let p = profile::load("g", dir.path(), &[]).unwrap();
+    assert_eq!(
+        p.upgrade.url.as_deref(),
+        Some("http://10.0.0.2:8080/bundles/proxmox")
+    );
+    // A profile without [upgrade] resolves without the table.
+    let plain = write(&[("m.toml", MINIMAL)]);
+    let m = profile::load("m", plain.path(), &[]).unwrap();
+    assert!(!m.resolved().contains("[upgrade]"), "{}", m.resolved());
+}

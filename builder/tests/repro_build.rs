@@ -59,6 +59,7 @@ fn the_proxmox_profile_builds_bit_for_bit_identical_twice() {
         "netboot/initrd.img",
         "netboot/vmlinuz",
         "netboot/netboot.json",
+        "manifest.json",
     ] {
         assert!(
             listed.contains(&want),

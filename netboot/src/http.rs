@@ -1,6 +1,6 @@
-//! The HTTP side: iPXE scripts, artifacts (with Range), per-node config bundles,
-//! boot events, the node list, metrics and health. The whole route table is
-//! [`router`].
+//! The HTTP side: iPXE scripts, artifacts and upgrade bundles (with Range),
+//! per-node config bundles, boot events, the node list, metrics and health. The
+//! whole route table is [`router`].
 
 use std::sync::Arc;
 
@@ -28,6 +28,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
         .route("/images/{profile}/{file}", get(image_file))
+        .route("/bundles/{profile}/{*path}", get(bundle_file))
         .route("/ipxe/{file}", get(ipxe_file))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}/config", get(node_config))
@@ -88,8 +89,9 @@ async fn boot_ipxe(State(s): S, Query(q): Query<MacQuery>) -> Response {
 }
 
 /// Serves `root/name` with Range support, refusing names or symlinks leading out.
+/// `name` is one or more plain names joined by `/`.
 async fn serve_under(root: std::path::PathBuf, name: &str, req: Request) -> Response {
-    if !is_plain_name(name) {
+    if !name.split('/').all(is_plain_name) {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
     let (Ok(root), Ok(real)) = (root.canonicalize(), root.join(name).canonicalize()) else {
@@ -111,6 +113,18 @@ async fn image_file(
 ) -> Response {
     match s.cfg.images.netboot_dir(&profile) {
         Ok(dir) => serve_under(dir, &file, req).await,
+        Err(_) => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// A file of a profile's upgrade bundle, for nodes upgrading their inactive slot.
+async fn bundle_file(
+    State(s): S,
+    Path((profile, path)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    match s.cfg.images.bundle_file(&profile, &path) {
+        Ok((root, rel)) => serve_under(root, rel, req).await,
         Err(_) => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use labimg_builder::sign;
 use serde::{Deserialize, Serialize};
 
 /// `netboot.json`, the builder's description of a profile's netboot artifacts.
@@ -59,6 +60,32 @@ impl Images {
             v.check(&dir)?;
         }
         Ok(dir.join("netboot"))
+    }
+
+    /// Where `path` of `<profile>`'s upgrade bundle is: the folder to serve it under
+    /// and its path relative to that folder. The bundle is `upgrade.json`,
+    /// `SHA256SUMS`, its signature and the files under `netboot/`; everything else
+    /// (`nodes/`, `manifest.json`, disk images) is an error. With a verifier,
+    /// `upgrade.json` must also match the signed `SHA256SUMS`.
+    pub fn bundle_file<'a>(&self, profile: &str, path: &'a str) -> Result<(PathBuf, &'a str)> {
+        let netboot = self.netboot_dir(profile)?;
+        if let Some(rel) = path.strip_prefix("netboot/") {
+            return Ok((netboot, rel));
+        }
+        if !["upgrade.json", sign::SUMS_FILE, sign::SIGNATURE_FILE].contains(&path) {
+            bail!("{path:?} is not part of an upgrade bundle");
+        }
+        let dir = self.dir.join(profile);
+        // A regular file, not a symlink: one could lead to a node's secrets in `nodes/`.
+        if !std::fs::symlink_metadata(dir.join(path)).is_ok_and(|m| m.is_file()) {
+            bail!("{path} is not a regular file");
+        }
+        if path == "upgrade.json"
+            && let Some(v) = &self.verifier
+        {
+            v.check_file(&dir, path)?;
+        }
+        Ok((dir, path))
     }
 
     /// Reads `<profile>/netboot/netboot.json`.

@@ -1,6 +1,7 @@
 //! `serve --public-key`: a profile's netboot files are served only while its
 //! `SHA256SUMS.minisig` is a valid signature by that key and every file under
-//! `<profile>/netboot/` is listed in the signed `SHA256SUMS` with its content.
+//! `<profile>/netboot/` is listed in the signed `SHA256SUMS` with its content;
+//! the upgrade bundle's `upgrade.json` is checked the same way ([`Verifier::check_file`]).
 //!
 //! Results are cached by each file's (path, size, mtime, ctime, inode): a request
 //! costs a few `stat`s, and a rebuilt or edited profile is checked again on the
@@ -168,6 +169,25 @@ impl Verifier {
         result
             .map(|_| ())
             .map_err(|e| anyhow!("profile {name} refused: {e}"))
+    }
+
+    /// Ok when `<profile_dir>/<file>` is listed in the signed `SHA256SUMS` with its
+    /// content. Not cached: the file is hashed on every call, so only for small files
+    /// outside `netboot/` (`upgrade.json`).
+    pub fn check_file(&self, profile_dir: &Path, file: &str) -> Result<()> {
+        let sums = sign::verify_signature(profile_dir, &self.key)?;
+        let result = match sums.get(file) {
+            Some(want) => sign::check_file(profile_dir, file, want).map(|_| ()),
+            None => Err(FileProblem {
+                file: file.to_owned(),
+                problem: "not listed in the signed SHA256SUMS".into(),
+            }),
+        };
+        result.map_err(|p| {
+            let e = VerifyError::Files(vec![p]);
+            tracing::warn!("refusing to serve {}: {e}", profile_dir.display());
+            e.into()
+        })
     }
 
     fn verify(

@@ -1,5 +1,6 @@
-//! HTTP handlers in-process: the exact iPXE script, artifacts with Range, the token
-//! guard on config bundles (checked with the host's tar), events and metrics.
+//! HTTP handlers in-process: the exact iPXE script, artifacts and upgrade bundles
+//! with Range, the token guard on config bundles (checked with the host's tar),
+//! events and metrics.
 
 mod common;
 
@@ -89,6 +90,55 @@ async fn artifacts_support_range_and_stay_inside() {
     let (st, body) = call(&app, get("/ipxe/ipxe.efi")).await;
     assert_eq!(st, StatusCode::OK);
     assert!(body == std::fs::read("/usr/lib/ipxe/ipxe.efi").unwrap());
+}
+
+#[tokio::test]
+async fn upgrade_bundle_is_served_and_nothing_else() {
+    let f = fixture(8080);
+    let app = router(f.shared.clone());
+    let images = f.shared.cfg.images.dir.clone();
+    for file in [
+        "proxmox/upgrade.json",
+        "proxmox/SHA256SUMS",
+        "proxmox/netboot/vmlinuz",
+        "pi5/netboot/rpi/overlays/vc4-kms-v3d.dtbo",
+    ] {
+        let (st, body) = call(&app, get(&format!("/bundles/{file}"))).await;
+        assert_eq!(st, StatusCode::OK, "{file}");
+        assert!(body == std::fs::read(images.join(file)).unwrap(), "{file}");
+    }
+    let root = std::fs::read(images.join("proxmox/netboot/root.squashfs")).unwrap();
+    let req = Request::get("/bundles/proxmox/netboot/root.squashfs")
+        .header(header::RANGE, "bytes=1024-")
+        .body(Body::empty())
+        .unwrap();
+    let (st, body) = call(&app, req).await;
+    assert_eq!(st, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, root[1024..]);
+    // upgrade.json as a symlink to a node's secrets, inside the profile folder.
+    let pi_upgrade = images.join("pi5/upgrade.json");
+    std::fs::remove_file(&pi_upgrade).unwrap();
+    std::os::unix::fs::symlink("nodes/pi1/node.env", &pi_upgrade).unwrap();
+    for bad in [
+        "/bundles/proxmox/nodes/cp1/node.env",
+        "/bundles/proxmox/manifest.json",
+        "/bundles/proxmox/proxmox.raw",
+        "/bundles/proxmox/SHA256SUMS.minisig",
+        "/bundles/proxmox/netboot/../nodes/cp1/node.env",
+        "/bundles/proxmox/netboot/..%2Fnodes%2Fcp1%2Fnode.env",
+        "/bundles/proxmox/../pi5/upgrade.json",
+        "/bundles/..%2Fproxmox/upgrade.json",
+        "/bundles/proxmox//etc/passwd",
+        "/bundles/proxmox/netboot//etc/passwd",
+        "/bundles/proxmox/netboot/evil",
+        "/bundles/pi5/netboot/rpi/evil",
+        "/bundles/pi5/upgrade.json",
+        "/bundles/proxmox/netboot",
+        "/bundles/nope/upgrade.json",
+    ] {
+        let (st, _) = call(&app, get(bad)).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{bad}");
+    }
 }
 
 fn authed(uri: &str, token: &str) -> Request<Body> {

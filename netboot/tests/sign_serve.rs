@@ -1,6 +1,7 @@
 //! `serve --public-key` in-process over HTTP: a signed, intact profile is served; a
 //! tampered one is refused as a whole (artifacts 404, the boot script says why) until
-//! it is intact again; unsigned or foreign-signed profiles are refused too.
+//! it is intact again; unsigned or foreign-signed profiles are refused too; a
+//! tampered `upgrade.json` is refused while the rest of its bundle is served.
 
 mod common;
 
@@ -11,7 +12,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{CP_MAC, fixture};
 use http_body_util::BodyExt;
-use labimg_builder::manifest::hash_outputs;
 use labimg_builder::sign::{self, KeyProtection};
 use labimg_netboot::images::Images;
 use labimg_netboot::inventory::Inventory;
@@ -27,16 +27,9 @@ async fn get(app: &axum::Router, uri: &str) -> (StatusCode, Vec<u8>) {
     (status, body.to_vec())
 }
 
-/// Writes `SHA256SUMS` as the build does (the fixture's hostile symlinks are left
-/// out: a build never writes them) and signs it.
+/// Writes `SHA256SUMS` as the build does and signs it.
 fn sign_profile(dir: &Path, key: &Path) {
-    let sums: String = hash_outputs(dir)
-        .unwrap()
-        .iter()
-        .filter(|o| !o.path.ends_with("evil"))
-        .map(|o| format!("{}  {}\n", o.sha256, o.path))
-        .collect();
-    std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+    common::write_sums(dir);
     sign::sign_dir(dir, key).unwrap();
 }
 
@@ -108,6 +101,44 @@ async fn tampered_profile_is_refused_and_intact_one_served() {
     assert!(body == original);
     let (st, _) = get(&app, "/images/pi5/vmlinuz").await;
     assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn tampered_upgrade_json_is_refused_and_intact_one_served() {
+    let f = fixture(8080);
+    let images = f.shared.cfg.images.dir.clone();
+    let keys = sign::generate_keypair(&f.dir.path().join("keys"), KeyProtection::None).unwrap();
+    sign_profile(&images.join("proxmox"), &keys.secret);
+    sign_profile(&images.join("pi5"), &keys.secret);
+    let app = signed_app(&f, &keys.public);
+    for file in ["upgrade.json", "SHA256SUMS", "SHA256SUMS.minisig"] {
+        let (st, body) = get(&app, &format!("/bundles/proxmox/{file}")).await;
+        assert_eq!(st, StatusCode::OK, "{file}");
+        assert!(body == std::fs::read(images.join("proxmox").join(file)).unwrap());
+    }
+
+    // A changed upgrade.json could point a node at other files: refused, while the
+    // rest of the profile (whose netboot files still match) is served.
+    let upgrade = images.join("proxmox/upgrade.json");
+    let original = std::fs::read(&upgrade).unwrap();
+    std::fs::write(&upgrade, b"{\"version\": \"evil\"}\n").unwrap();
+    let (st, _) = get(&app, "/bundles/proxmox/upgrade.json").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "tampered upgrade.json");
+    let (st, _) = get(&app, "/bundles/proxmox/netboot/vmlinuz").await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = get(&app, "/bundles/pi5/upgrade.json").await;
+    assert_eq!(st, StatusCode::OK, "the other profile is not affected");
+    std::fs::write(&upgrade, &original).unwrap();
+    let (st, body) = get(&app, "/bundles/proxmox/upgrade.json").await;
+    assert_eq!(st, StatusCode::OK, "restored upgrade.json is served again");
+    assert!(body == original);
+
+    // A tampered netboot file refuses the whole bundle, upgrade.json included.
+    std::fs::write(images.join("pi5/netboot/initrd.img"), b"evil\n").unwrap();
+    for file in ["upgrade.json", "SHA256SUMS", "netboot/vmlinuz"] {
+        let (st, _) = get(&app, &format!("/bundles/pi5/{file}")).await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{file} of a tampered profile");
+    }
 }
 
 #[tokio::test]

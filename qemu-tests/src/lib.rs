@@ -42,12 +42,17 @@ pub fn k3s_stand_in() -> PathBuf {
 /// shipped profiles so `extends` works) with the k3s stand-in baked in, once
 /// per distinct (profile, test binary) pair; see [`build_profile_file_once`].
 pub fn build_once(name: &str, profile_text: &str) -> Result<PathBuf> {
+    build_text_once(name, profile_text, None)
+}
+
+/// [`build_once`], with `SHA256SUMS` signed by `sign_key` when given.
+pub fn build_text_once(name: &str, profile_text: &str, sign_key: Option<&Path>) -> Result<PathBuf> {
     // Per process: another test process may delete its copy while this one loads.
     let path = workspace_root()
         .join("profiles")
         .join(format!(".test-{name}-{}.toml", std::process::id()));
     std::fs::write(&path, profile_text)?;
-    let out = build_profile_file_once(name, &path, &[]);
+    let out = build_signed_once(name, &path, &[], sign_key);
     let _ = std::fs::remove_file(&path);
     out
 }
@@ -321,6 +326,27 @@ fn tail(text: &str, n: usize) -> String {
 /// Relative `file` secrets resolve against the working directory (the build's
 /// default), so tests pass secrets as absolute paths through `sets`.
 pub fn build_profile_file_once(name: &str, path: &Path, sets: &[String]) -> Result<PathBuf> {
+    build_signed_once(name, path, sets, None)
+}
+
+/// The test-only minisign key pair under `qemu-tests/test-key/` (unencrypted,
+/// committed: it signs test bundles and nothing else): the secret key file and
+/// the public key's base64 line, as a profile's `upgrade.public-key` takes it.
+pub fn test_signing_key() -> (PathBuf, String) {
+    let dir = workspace_root().join("qemu-tests/test-key");
+    let public = std::fs::read_to_string(dir.join("upgrade-test.pub")).expect("test public key");
+    let line = public.lines().nth(1).expect("public key line").trim();
+    (dir.join("upgrade-test.key"), line.to_owned())
+}
+
+/// [`build_profile_file_once`], signing `SHA256SUMS` with `sign_key` (a minisign
+/// secret key file) when given.
+pub fn build_signed_once(
+    name: &str,
+    path: &Path,
+    sets: &[String],
+    sign_key: Option<&Path>,
+) -> Result<PathBuf> {
     let exe = std::fs::read(std::env::current_exe()?)?;
     let stand_in = std::fs::read(k3s_stand_in())?;
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -328,6 +354,10 @@ pub fn build_profile_file_once(name: &str, path: &Path, sets: &[String]) -> Resu
         .chain_update(&exe)
         .chain_update(&text)
         .chain_update(&stand_in);
+    if let Some(key) = sign_key {
+        hasher.update(b"signed-with:");
+        hasher.update(std::fs::read(key)?);
+    }
     for set in sets {
         // Length-prefixed so that ["a", "bc"] and ["ab", "c"] differ.
         hasher.update((set.len() as u64).to_le_bytes());
@@ -356,7 +386,7 @@ pub fn build_profile_file_once(name: &str, path: &Path, sets: &[String]) -> Resu
         cache_dir: std::env::var_os("LABIMG_CACHE").map(PathBuf::from),
         source_date_epoch: Some(1_700_000_000),
         embed_secrets: false,
-        ..Default::default()
+        sign_key: sign_key.map(Path::to_path_buf),
     };
     labimg_builder::build::build(&profile, &opts)
         .with_context(|| format!("building {}", path.display()))?;

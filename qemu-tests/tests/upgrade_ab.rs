@@ -7,12 +7,16 @@
 //! `/dev/tcp`, one relay per connection) to an HTTP server in this test on
 //! 127.0.0.1 serving a second build's output folder. `-no-reboot`
 //! makes every guest reboot end QEMU, and the test boots the same disk again.
+//!
+//! The images trust the committed test key (`qemu-tests/test-key/`) through
+//! `[upgrade] public-key`, and v2 is signed with it: a node stages only a bundle
+//! whose signed `SHA256SUMS` vouches for its `upgrade.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use labimg_qemu_tests::{SerialLog, Vm, build_once, run, serve_dir_http};
+use labimg_qemu_tests::{SerialLog, Vm, build_text_once, run, serve_dir_http, test_signing_key};
 
 const MAC: &str = "52:54:00:12:34:57";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -20,12 +24,14 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The shipped proxmox profile, one node, pointed at the test's bundle server;
 /// `version` becomes a node label so that v1 and v2 differ in their root.
 fn profile(version: &str) -> String {
+    let (_, public_key) = test_signing_key();
     format!(
         r#"
 extends = "proxmox.toml"
 
-[kernel]
-cmdline = ["labimg.upgrade=http://10.0.2.100"]
+[upgrade]
+url = "http://10.0.2.100"
+public-key = "{public_key}"
 
 [[nodes]]
 hostname = "pve-up-1"
@@ -39,11 +45,13 @@ formats = ["qcow2"]
     )
 }
 
-/// The bundle a node downloads: `upgrade.json` and the netboot files, copied
-/// so that a test can tamper with them.
+/// The bundle a node downloads: `upgrade.json`, the signed `SHA256SUMS` and
+/// the netboot files, copied so that a test can tamper with them.
 fn copy_bundle(out: &Path, dst: &Path) {
     std::fs::create_dir_all(dst.join("netboot")).unwrap();
-    std::fs::copy(out.join("upgrade.json"), dst.join("upgrade.json")).unwrap();
+    for f in ["upgrade.json", "SHA256SUMS", "SHA256SUMS.minisig"] {
+        std::fs::copy(out.join(f), dst.join(f)).unwrap();
+    }
     for f in ["vmlinuz", "initrd.img", "root.squashfs"] {
         std::fs::copy(out.join("netboot").join(f), dst.join("netboot").join(f)).unwrap();
     }
@@ -99,9 +107,49 @@ impl Node {
 }
 
 fn builds() -> (PathBuf, PathBuf) {
-    let v1 = build_once("upgrade-v1", &profile("v1")).expect("building v1");
-    let v2 = build_once("upgrade-v2", &profile("v2")).expect("building v2");
+    let (key, _) = test_signing_key();
+    let v1 = build_text_once("upgrade-v1", &profile("v1"), None).expect("building v1");
+    let v2 = build_text_once("upgrade-v2", &profile("v2"), Some(&key)).expect("building v2");
     (v1, v2)
+}
+
+/// `SHA256SUMS` of `bundle` with `upgrade.json`'s line recomputed from the file.
+fn rehash_upgrade_json(bundle: &Path) {
+    let sums = bundle.join("SHA256SUMS");
+    let hash = labimg_builder::debian::cache::hash_file(&bundle.join("upgrade.json"))
+        .unwrap()
+        .0;
+    let text: String = std::fs::read_to_string(&sums)
+        .unwrap()
+        .lines()
+        .map(|l| match l.split_once("  ") {
+            Some((_, "upgrade.json")) => format!("{hash}  upgrade.json\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(&sums, text).unwrap();
+}
+
+/// What the publisher does after editing a bundle: new sums, signed again with
+/// the test key (a release that is signed but broken).
+fn resign(bundle: &Path) {
+    rehash_upgrade_json(bundle);
+    let (key, _) = test_signing_key();
+    let sk = labimg_builder::sign::load_secret_key_with(&key, None).unwrap();
+    labimg_builder::sign::sign_sums(bundle, &sk).unwrap();
+}
+
+/// Slot B's command line with a dm-verity root hash its image does not have.
+fn break_slot_b_root_hash(bundle: &Path) {
+    let meta = bundle.join("upgrade.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let b = j["cmdline"]["b"].as_str().unwrap();
+    let hash = b
+        .split(' ')
+        .find_map(|a| a.strip_prefix("labimg.verity.roothash="))
+        .expect("slot b's cmdline has a dm-verity root hash");
+    std::fs::write(&meta, text.replace(hash, &"0".repeat(hash.len()))).unwrap();
 }
 
 fn version_of(out: &Path) -> String {
@@ -135,6 +183,7 @@ fn upgrade_ab_stages_slot_b_boots_it_as_a_trial_and_blesses_it() {
         "labimg: root found dev=/dev/sda2",
         "labimg: state created",
         "labimg: network up",
+        "labimg: upgrade signature verified",
         &format!("labimg: upgrade started slot=b version={v2_version}"),
         "labimg: upgrade root written dev=/dev/sda3",
         &format!("labimg: upgrade staged slot=b version={v2_version} tries=3"),
@@ -205,23 +254,60 @@ fn upgrade_ab_refuses_a_bundle_whose_root_does_not_match_its_sha256() {
 }
 
 #[test]
+fn upgrade_ab_refuses_a_bundle_its_signature_does_not_vouch_for() {
+    let (v1, v2) = builds();
+    let scratch = tempfile::tempdir().unwrap();
+    let bundle = scratch.path().join("bundle");
+    copy_bundle(&v2, &bundle);
+    let original = std::fs::read(bundle.join("upgrade.json")).unwrap();
+    // Someone between publisher and node rewrites upgrade.json (here: slot B's
+    // root hash) but cannot sign: the signed SHA256SUMS names another sha256.
+    break_slot_b_root_hash(&bundle);
+    let mut node = Node::new("upgrade-unsigned", &v1, bundle.clone(), scratch);
+    let log = node.boot();
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/sda2",
+        "labimg: upgrade refused: upgrade.json of http://10.0.2.100 has sha256",
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: done, powering off",
+    ]);
+    log.assert_absent("labimg: upgrade started");
+    log.assert_absent("labimg: FATAL");
+
+    // They also rewrite SHA256SUMS to match: now the signature fails.
+    rehash_upgrade_json(&bundle);
+    let log = node.boot();
+    log.assert_in_order(&[
+        "labimg: root found dev=/dev/sda2",
+        "labimg: upgrade refused: SHA256SUMS of http://10.0.2.100 is not signed by this image's upgrade key",
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: done, powering off",
+    ]);
+    log.assert_absent("labimg: upgrade started");
+
+    // The intact bundle with its signature removed: unsigned is refused too.
+    std::fs::write(bundle.join("upgrade.json"), original).unwrap();
+    std::fs::copy(v2.join("SHA256SUMS"), bundle.join("SHA256SUMS")).unwrap();
+    std::fs::remove_file(bundle.join("SHA256SUMS.minisig")).unwrap();
+    let log = node.boot();
+    log.assert_in_order(&[
+        "labimg: upgrade refused: cannot fetch http://10.0.2.100/SHA256SUMS.minisig",
+        "labimg: k3s starting role=server",
+    ]);
+    log.assert_absent("labimg: upgrade started");
+}
+
+#[test]
 fn upgrade_ab_falls_back_to_slot_a_when_the_trial_boot_fails() {
     let started = Instant::now();
     let (v1, v2) = builds();
     let scratch = tempfile::tempdir().unwrap();
     let bundle = scratch.path().join("bundle");
     copy_bundle(&v2, &bundle);
-    // Slot B's command line names a root hash its image does not have: stage 1
-    // refuses every trial boot of slot B.
-    let meta = bundle.join("upgrade.json");
-    let text = std::fs::read_to_string(&meta).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let b = j["cmdline"]["b"].as_str().unwrap();
-    let hash = b
-        .split(' ')
-        .find_map(|a| a.strip_prefix("labimg.verity.roothash="))
-        .expect("slot b's cmdline has a dm-verity root hash");
-    std::fs::write(&meta, text.replace(hash, &"0".repeat(hash.len()))).unwrap();
+    // Slot B's command line names a root hash its image does not have, in a
+    // bundle signed again by the publisher: stage 1 refuses every trial boot of B.
+    break_slot_b_root_hash(&bundle);
+    resign(&bundle);
     let v2_version = version_of(&v2);
     let mut node = Node::new("upgrade-rollback", &v1, bundle, scratch);
 

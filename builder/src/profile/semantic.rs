@@ -47,6 +47,30 @@ pub(crate) fn check(p: &Profile, root: &SValue, sources: &Sources, out: &mut Vec
     check_cluster(p, &mut r);
     check_nodes(p, &mut r);
     check_disk(p, &mut r);
+    check_upgrade(p, &mut r);
+}
+
+fn check_upgrade(p: &Profile, r: &mut Report<'_>) {
+    if let Some(url) = &p.upgrade.url
+        && (!(url.starts_with("http://") || url.starts_with("https://"))
+            || url.contains(char::is_whitespace))
+    {
+        r.add(
+            "upgrade.url",
+            format!("'{url}' is not an http(s) URL without spaces"),
+        );
+    }
+    if let Some(key) = &p.upgrade.public_key
+        && let Err(e) = minisign::PublicKey::from_base64(key.trim())
+    {
+        r.add(
+            "upgrade.public-key",
+            format!(
+                "not a minisign public key ({e}): give the base64 line of the .pub file, \
+                 like \"RWQ...\""
+            ),
+        );
+    }
 }
 
 fn check_target(p: &Profile, r: &mut Report<'_>) {

@@ -61,6 +61,36 @@ pub struct Profile {
     /// Raspberry Pi boot settings; only valid with `target.board = "rpi5"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpi: Option<Rpi>,
+    /// Where nodes look for A/B upgrades and which key they must be signed with.
+    #[serde(default, skip_serializing_if = "Upgrade::is_unset")]
+    pub upgrade: Upgrade,
+}
+
+/// `[upgrade]`: how nodes find and trust A/B upgrade bundles (the design is in
+/// `builder/node/README.md`, "Upgrades").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Upgrade {
+    /// Where nodes look for a newer image at every boot: the HTTP URL of a
+    /// `labimg build` output folder, for example
+    /// `http://10.0.0.2:8080/bundles/proxmox` from `labimg serve`, or any static
+    /// server publishing `images/`. Becomes `labimg.upgrade=` on the kernel command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// minisign public key, the base64 line of a `.pub` file from `labimg keygen`.
+    /// Nodes then stage only bundles whose `SHA256SUMS.minisig` verifies with it
+    /// (`labimg build --sign-key` or `labimg sign`) and whose `upgrade.json` matches
+    /// the signed `SHA256SUMS`; the image carries Debian's `minisign` to check.
+    /// Without it a bundle is trusted as served, with a warning on every upgrade.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+impl Upgrade {
+    /// Nothing set: the table is left out of a resolved profile.
+    pub fn is_unset(&self) -> bool {
+        self == &Upgrade::default()
+    }
 }
 
 /// CPU architecture of the image.

@@ -67,6 +67,26 @@ fn netboot_json(profile: &str, arch: &str, board: &str, cmdline: &str) -> String
     )
 }
 
+fn upgrade_json(profile: &str) -> String {
+    format!(
+        "{{\n  \"version\": \"{}\",\n  \"root\": {{\n    \"file\": \"netboot/root.squashfs\",\n    \"sha256\": \"{ROOT_SHA}\",\n    \"size\": 4096\n  }},\n  \"profile\": \"{profile}\"\n}}\n",
+        &ROOT_SHA[..12]
+    )
+}
+
+/// Writes `<dir>/SHA256SUMS` as the build does: every output but `nodes/` and
+/// `manifest.json` (the fixture's hostile `evil` symlinks are left out: a build
+/// never writes them).
+pub fn write_sums(dir: &Path) {
+    let sums: String = labimg_builder::manifest::hash_outputs(dir)
+        .unwrap()
+        .iter()
+        .filter(|o| !o.path.ends_with("evil"))
+        .map(|o| format!("{}  {}\n", o.sha256, o.path))
+        .collect();
+    std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+}
+
 /// Builds the fixture; `http_port` is what URLs advertise.
 pub fn fixture(http_port: u16) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
@@ -96,6 +116,13 @@ pub fn fixture(http_port: u16) -> Fixture {
     write(&pi.join("rpi/overlays/vc4-kms-v3d.dtbo"), &noise(3000, 8));
     std::os::unix::fs::symlink("/etc/passwd", pi.join("rpi/evil")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", px.join("evil")).unwrap();
+    for profile in ["proxmox", "pi5"] {
+        let p = images.join(profile);
+        write(&p.join(format!("{profile}.raw")), &noise(10_000, 9));
+        write(&p.join("upgrade.json"), upgrade_json(profile).as_bytes());
+        write(&p.join("manifest.json"), b"{\"profile\":\"secret-ish\"}\n");
+        write_sums(&p);
+    }
     let node = images.join("proxmox/nodes/cp1");
     write(&node.join("node.env"), b"K3S_TOKEN=secret-cluster-token\n");
     write(&node.join("k3s/config.yaml"), b"cluster-init: true\n");
