@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use sha2::Digest;
 
 use crate::debian::{FetchedPackage, extract_deb};
 use crate::kmod::KernelModules;
@@ -295,6 +296,29 @@ fn kernel_runtime(tree: &mut Tree, profile: &Profile, modules: &KernelModules) -
     Ok(())
 }
 
+/// Where the image keeps `k3s.airgap-images`; stage 2 links them into
+/// `/var/lib/rancher/k3s/agent/images/`, where K3s imports them.
+pub const AIRGAP_DIR: &str = "usr/lib/labimg/airgap-images";
+
+/// Copies every `k3s.airgap-images` archive into [`AIRGAP_DIR`], checking its pin.
+fn airgap_images(tree: &mut Tree, profile: &Profile, render: &RenderOptions) -> Result<()> {
+    for (i, a) in profile.k3s.airgap_images.iter().enumerate() {
+        let path = render.base_dir.join(&a.path);
+        let data = std::fs::read(&path)
+            .with_context(|| format!("k3s.airgap-images[{i}]: reading {}", path.display()))?;
+        let actual = hex::encode(sha2::Sha256::digest(&data));
+        anyhow::ensure!(
+            actual.eq_ignore_ascii_case(a.sha256.trim()),
+            "k3s.airgap-images[{i}]: {} has sha256 {actual}, the profile pins {}: \
+             a different or tampered archive",
+            path.display(),
+            a.sha256
+        );
+        tree.insert_file(format!("{AIRGAP_DIR}/{}", a.file_name()), data, 0o644)?;
+    }
+    Ok(())
+}
+
 /// Where the image keeps `upgrade.public-key` for the upgrade agent.
 pub const UPGRADE_KEY: &str = "usr/lib/labimg/upgrade.pub";
 
@@ -323,6 +347,7 @@ pub fn assemble_rootfs(
     let dep = modules.modules_dep(&tree).context("writing modules.dep")?;
     tree.insert_file(modules.dir.join("modules.dep"), dep, 0o644)?;
     kernel_runtime(&mut tree, profile, &modules)?;
+    airgap_images(&mut tree, profile, render)?;
     if let Some(key) = &profile.upgrade.public_key {
         // minisign's .pub format; the upgrade agent verifies bundles with it.
         let text = format!("untrusted comment: labimg upgrade key\n{}\n", key.trim());
@@ -403,5 +428,51 @@ mod tests {
             ["[", "[[", "acpid", "ash", "cat", "zcat"]
         );
         assert!(busybox_applets(b"no table here").is_empty());
+    }
+
+    /// A profile with one air-gap archive at `path` pinned to `sha256`.
+    fn airgap_profile(dir: &Path, sha256: &str) -> Profile {
+        let text = format!(
+            r#"name = "a"
+[target]
+arch = "amd64"
+board = "proxmox"
+[k3s]
+version = "v1.36.4+k3s1"
+sha256.amd64 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
+[[k3s.airgap-images]]
+path = "images/cilium.tar.zst"
+sha256 = "{sha256}"
+"#
+        );
+        std::fs::write(dir.join("a.toml"), text).unwrap();
+        crate::profile::load("a", dir, &[]).unwrap()
+    }
+
+    #[test]
+    fn airgap_archives_are_copied_only_when_they_match_their_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("images")).unwrap();
+        let data = b"archive bytes".to_vec();
+        std::fs::write(dir.path().join("images/cilium.tar.zst"), &data).unwrap();
+        let render = RenderOptions {
+            base_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let good = hex::encode(sha2::Sha256::digest(&data));
+
+        let mut tree = Tree::new();
+        airgap_images(&mut tree, &airgap_profile(dir.path(), &good), &render).unwrap();
+        let copied = tree.get(format!("{AIRGAP_DIR}/cilium.tar.zst")).unwrap();
+        assert_eq!(copied.data().unwrap(), &data[..]);
+
+        let mut tree = Tree::new();
+        let wrong = "0".repeat(64);
+        let err = airgap_images(&mut tree, &airgap_profile(dir.path(), &wrong), &render)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("k3s.airgap-images[0]"), "{err}");
+        assert!(err.contains(&good) && err.contains(&wrong), "{err}");
+        assert!(!tree.contains(format!("{AIRGAP_DIR}/cilium.tar.zst")));
     }
 }

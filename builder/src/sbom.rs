@@ -1,7 +1,7 @@
 //! The build's software bill of materials: `<name>.spdx.json`, SPDX 2.3 JSON
 //! listing every Debian package (with the `.deb`'s sha256, URL, source package
-//! and purl), the kernel, the k3s binary and the Helm charts the image
-//! installs. Deterministic: the namespace comes from the dm-verity root hash
+//! and purl), the kernel, the k3s binary, the Helm charts the image
+//! installs and the container image archives it carries for air-gapped nodes. Deterministic: the namespace comes from the dm-verity root hash
 //! and `created` from SOURCE_DATE_EPOCH.
 
 use std::collections::BTreeSet;
@@ -241,6 +241,19 @@ pub fn render(i: &SbomInputs) -> Value {
         let id = c["SPDXID"].as_str().unwrap_or_default().to_owned();
         packages.push(c);
         contains(&id, "DEPENDS_ON");
+    }
+    for a in &profile.k3s.airgap_images {
+        let id = spdx_id(&["airgap", a.file_name()]);
+        packages.push(json!({
+            "name": a.file_name(),
+            "SPDXID": id,
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "primaryPackagePurpose": "CONTAINER",
+            "checksums": [{ "algorithm": "SHA256", "checksumValue": a.sha256.to_lowercase() }],
+            "comment": "container image archive (k3s.airgap-images), imported by k3s at start",
+        }));
+        contains(&id, "CONTAINS");
     }
 
     json!({

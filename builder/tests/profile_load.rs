@@ -392,3 +392,36 @@ public-key = "RWSLFipdk3h87vgZFAfLVhLCDEXDoa5X+uN/RstJXGJtD/6a/zdVSGZj"
     let m = profile::load("m", plain.path(), &[]).unwrap();
     assert!(!m.resolved().contains("[upgrade]"), "{}", m.resolved());
 }
+
+#[test]
+fn airgap_image_archives_need_a_pin_a_known_suffix_and_a_unique_name() {
+    let text = format!(
+        "{MINIMAL}{}",
+        r#"[[k3s.airgap-images]]
+path = "vendor/cilium.tar.zst"
+sha256 = "abc"
+[[k3s.airgap-images]]
+path = "vendor/images.zip"
+sha256 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
+[[k3s.airgap-images]]
+path = "other/cilium.tar.zst"
+sha256 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
+"#
+    );
+    let dir = write(&[("a.toml", &text)]);
+    let e = errors("a", dir.path(), &[]);
+    let mut got: Vec<(String, usize)> =
+        e.0.iter()
+            .map(|p| (p.path.clone(), p.location.line))
+            .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("k3s.airgap-images[0].sha256".to_owned(), 10),
+            ("k3s.airgap-images[1].path".to_owned(), 12),
+            ("k3s.airgap-images[2].path".to_owned(), 15),
+        ],
+        "{e}"
+    );
+}

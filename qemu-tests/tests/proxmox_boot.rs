@@ -10,7 +10,7 @@ use labimg_qemu_tests::{Vm, build_once, run};
 const MAC: &str = "52:54:00:12:34:56";
 
 /// The shipped proxmox profile plus one node keyed by the VM's MAC.
-const PROFILE: &str = r#"
+const PROFILE_TEMPLATE: &str = r#"
 extends = "proxmox.toml"
 
 [[nodes]]
@@ -18,6 +18,11 @@ hostname = "pve-cp-1"
 mac = "52:54:00:12:34:56"
 role = "server"
 labels = { "topology.kubernetes.io/zone" = "rack-1" }
+
+# An image archive for k3s's air-gap import (a test fixture holding no image).
+[[k3s.airgap-images]]
+path = "@FIXTURES@/airgap-test.tar"
+sha256 = "bb478cad2675f9ab241cb3390b3da4ea9b62331e10d60ede3b41989f9f8b45b9"
 
 # One extra module (WireGuard, as a VPN operator would want) and two
 # parameters: one new, one overriding labimg's default.
@@ -30,6 +35,11 @@ sysctls = { "vm.max_map_count" = 262144, "kernel.panic" = 30 }
 formats = ["qcow2"]
 "#;
 
+fn profile() -> String {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+    PROFILE_TEMPLATE.replace("@FIXTURES@", fixtures)
+}
+
 fn image_name(dir: &std::path::Path) -> std::path::PathBuf {
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
@@ -38,7 +48,7 @@ fn image_name(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
-    let out = build_once("proxmox", PROFILE).expect("building the proxmox profile");
+    let out = build_once("proxmox", &profile()).expect("building the proxmox profile");
     let log = Vm::x86_64_uefi("proxmox-boot")
         .unwrap()
         .scsi_disk(&image_name(&out), "qcow2")
@@ -60,6 +70,7 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
         "labimg: network up",
         "labimg: identity hostname=pve-cp-1 role=server",
         "labimg: config written",
+        "labimg: airgap images linked count=1",
         "labimg: k3s binary source=baked",
         "labimg: k3s starting role=server",
         "k3s-stand-in: argv: server --config /etc/rancher/k3s/config.yaml",
@@ -81,6 +92,8 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
         "k3s-stand-in: sysctl vm.overcommit_memory=1",
         "k3s-stand-in: sysctl vm.max_map_count=262144",
         "k3s-stand-in: sysctl kernel.panic=30",
+        "k3s-stand-in: agent-image airgap-test.tar \
+         sha256=bb478cad2675f9ab241cb3390b3da4ea9b62331e10d60ede3b41989f9f8b45b9",
     ] {
         assert_eq!(
             log.lines_with(want).len(),
@@ -130,7 +143,7 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
 
 #[test]
 fn proxmox_image_with_a_tampered_root_slot_stops_with_a_verification_error() {
-    let out = build_once("proxmox", PROFILE).expect("building the proxmox profile");
+    let out = build_once("proxmox", &profile()).expect("building the proxmox profile");
     let scratch = tempfile::tempdir().unwrap();
     let raw = scratch.path().join("tampered.raw");
     run(Command::new("qemu-img")

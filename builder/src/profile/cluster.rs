@@ -44,6 +44,12 @@ pub struct K3s {
     /// Extra kubelet arguments, `name=value`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kubelet_args: Vec<String>,
+    /// Container image archives baked into the image for air-gapped nodes: K3s
+    /// imports every archive in `/var/lib/rancher/k3s/agent/images/` when it
+    /// starts (stage 2 links them there from the read-only root), so pods such as
+    /// Cilium's start without a registry. Pair with a vendored `cni.chart`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub airgap_images: Vec<ImageArchive>,
     /// Free-form table merged last into `config.yaml` (K3s option names as keys).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
@@ -125,6 +131,31 @@ pub struct HelmChart {
     pub path: String,
     /// SHA-256 of the archive (64 hex digits).
     pub sha256: String,
+}
+
+/// A container image archive for K3s's air-gap import, pinned by SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ImageArchive {
+    /// Path to the archive, relative to the working directory: a `.tar` (as
+    /// `docker save` or `ctr images export` write it), optionally compressed
+    /// (`.tar.zst`, `.tar.gz`, `.tar.xz`, `.tar.bz2`, `.tar.lz4`), like a K3s
+    /// release's `k3s-airgap-images-<arch>.tar.zst`. File names must be unique.
+    pub path: String,
+    /// SHA-256 of the archive (64 hex digits); the build fails on a mismatch.
+    pub sha256: String,
+}
+
+/// The archive suffixes K3s imports from its agent images folder.
+pub const IMAGE_ARCHIVE_SUFFIXES: &[&str] = &[
+    ".tar", ".tar.zst", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar.lz4",
+];
+
+impl ImageArchive {
+    /// The file name the archive gets on the node.
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
 }
 
 /// `[cni]`: the CNI installed by K3s's helm controller.

@@ -228,6 +228,35 @@ fn check_k3s(p: &Profile, r: &mut Report<'_>) {
             r.add(&format!("k3s.node-taints[{i}]"), e);
         }
     }
+    let mut names = HashSet::new();
+    for (i, a) in k.airgap_images.iter().enumerate() {
+        let at = |key: &str| format!("k3s.airgap-images[{i}].{key}");
+        if !is_sha256(&a.sha256) {
+            r.add(
+                &at("sha256"),
+                format!("'{}' is not a SHA-256 (64 hex digits)", a.sha256),
+            );
+        }
+        let name = a.file_name();
+        if !super::IMAGE_ARCHIVE_SUFFIXES
+            .iter()
+            .any(|s| name.len() > s.len() && name.ends_with(s))
+        {
+            r.add(
+                &at("path"),
+                format!(
+                    "'{}': K3s imports only {} archives",
+                    a.path,
+                    super::IMAGE_ARCHIVE_SUFFIXES.join(", ")
+                ),
+            );
+        } else if !names.insert(name) {
+            r.add(
+                &at("path"),
+                format!("another archive is already named {name}"),
+            );
+        }
+    }
 }
 
 fn check_cluster(p: &Profile, r: &mut Report<'_>) {

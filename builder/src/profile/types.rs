@@ -9,8 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use super::cluster::{
-    Cluster, Cni, CniKind, Gitops, GitopsEngine, HelmChart, K3s, K3sComponent, K3sSha256, Node,
-    Role, SecretSource,
+    Cluster, Cni, CniKind, Gitops, GitopsEngine, HelmChart, IMAGE_ARCHIVE_SUFFIXES, ImageArchive,
+    K3s, K3sComponent, K3sSha256, Node, Role, SecretSource,
 };
 pub use super::size::Size;
 
