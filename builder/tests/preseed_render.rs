@@ -303,3 +303,30 @@ fn sops_file_secrets_need_sops() {
     }
     assert!(msg.contains("cluster.token"), "{msg}");
 }
+
+#[test]
+fn argocd_takes_extra_ssh_host_keys_through_its_chart_values() {
+    let hosts =
+        "git.lan ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let plain = load("pi5-argocd", &[]);
+    let with_hosts = load("pi5-argocd", &[&format!("gitops.known-hosts={hosts}")]);
+    let chart_of = |p: &Profile| -> Value {
+        let (dirs, _) = nodecfg::render_all(p).unwrap();
+        let server = dirs
+            .iter()
+            .find(|d| d.files.contains_key("manifests/argocd.yaml"))
+            .expect("a server with the Argo CD manifest");
+        let text = std::str::from_utf8(&server.files["manifests/argocd.yaml"].0).unwrap();
+        text.split("\n---\n")
+            .filter_map(|doc| serde_saphyr::from_str::<Value>(doc).ok())
+            .find(|v| v["kind"] == "HelmChart")
+            .expect("the argo-cd HelmChart")
+    };
+    assert!(chart_of(&plain)["spec"].get("valuesContent").is_none());
+    let chart = chart_of(&with_hosts);
+    let values = values_of(&chart);
+    assert_eq!(
+        values["configs"]["ssh"]["extraHosts"],
+        json!(format!("{hosts}\n"))
+    );
+}

@@ -129,6 +129,13 @@ fn secrets_stay_out_of_shared_outputs() {
     assert_eq!(git["metadata"]["name"], "flux-system");
     assert_eq!(git["metadata"]["namespace"], "flux-system");
     assert_eq!(git["stringData"]["identity"], deploy_key.as_str());
+    assert!(
+        git["stringData"]["known_hosts"]
+            .as_str()
+            .unwrap()
+            .starts_with("github.com ssh-ed25519 "),
+        "{git:?}"
+    );
     let age = secret_doc(cp, "manifests/sops-age.yaml");
     assert_eq!(age["metadata"]["name"], "sops-age");
     assert_eq!(

@@ -425,3 +425,34 @@ sha256 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
         "{e}"
     );
 }
+
+#[test]
+fn flux_over_ssh_needs_known_hosts_and_they_must_parse() {
+    let flux = |extra: &str| {
+        format!(
+            "{MINIMAL}[gitops]\nengine = \"flux\"\nrepo = \"git@git.lan:lab/fleet.git\"\n\
+             credentials = {{ file = \"deploy-key\" }}\n{extra}"
+        )
+    };
+    let dir = write(&[
+        ("missing.toml", &flux("")),
+        ("bad.toml", &flux("known-hosts = \"git.lan ssh-ed25519\"\n")),
+        (
+            "ok.toml",
+            &flux(
+                "known-hosts = \"\"\"\n# git.lan\ngit.lan ssh-ed25519 \
+                 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n\"\"\"\n",
+            ),
+        ),
+    ]);
+    for (name, want) in [
+        ("missing", "ssh-keyscan"),
+        ("bad", "line 1 is not a known_hosts entry"),
+    ] {
+        let e = errors(name, dir.path(), &[]);
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert_eq!(e.0[0].path, "gitops.known-hosts", "{e}");
+        assert!(e.to_string().contains(want), "{e}");
+    }
+    profile::load("ok", dir.path(), &[]).unwrap();
+}

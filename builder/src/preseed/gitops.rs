@@ -3,7 +3,7 @@
 //! its namespace, and the Secrets they reference by name (Git credentials,
 //! SOPS age key), which are rendered separately because they hold secret values.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::profile::{GitopsEngine, Profile};
@@ -23,7 +23,8 @@ pub const SOPS_SECRET: &str = "sops-age";
 pub const ARGOCD_REPO_SECRET: &str = "labimg-repo";
 
 /// `ssh://…` or scp-like `git@host:path`: credentials are an SSH private key.
-fn is_ssh(repo: &str) -> bool {
+/// An SSH repository URL: `ssh://…` or scp-like `git@host:path`.
+pub fn is_ssh(repo: &str) -> bool {
     repo.starts_with("ssh://")
         || (!repo.contains("://") && repo.split_once(':').is_some_and(|(h, _)| h.contains('@')))
 }
@@ -62,11 +63,23 @@ pub fn manifests(profile: &Profile, t: &Templates) -> Result<Vec<(String, String
                     "path": g.path,
                     // An app of apps creates Application objects, which live in argocd.
                     "destination_namespace": if g.app_of_apps { "argocd" } else { "default" },
+                    "values": argocd_values(g)?,
                 }),
             )?,
         ),
     };
     Ok(vec![(out.0.to_owned(), out.1)])
+}
+
+/// The argo-cd chart's values labimg sets, as YAML (empty when none): extra SSH
+/// host keys for a Git server Argo CD does not know.
+fn argocd_values(g: &crate::profile::Gitops) -> Result<String> {
+    let Some(hosts) = &g.known_hosts else {
+        return Ok(String::new());
+    };
+    let values =
+        json!({ "configs": { "ssh": { "extraHosts": format!("{}\n", hosts.trim_end()) } } });
+    serde_saphyr::to_string(&values).context("rendering Argo CD values")
 }
 
 /// Flux paths are relative to the repository root and start with `./`.
@@ -118,6 +131,9 @@ pub fn secret_manifests(
             _ => {
                 if is_ssh(url) {
                     data.insert("identity".into(), json!(secret));
+                    if let Some(hosts) = &g.known_hosts {
+                        data.insert("known_hosts".into(), json!(hosts.trim_end()));
+                    }
                 } else {
                     data.insert("username".into(), json!("git"));
                     data.insert("password".into(), json!(secret.trim()));

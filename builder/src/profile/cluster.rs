@@ -213,6 +213,13 @@ pub struct Gitops {
     /// SOPS age key the engine decrypts secrets with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sops_age_key: Option<SecretSource>,
+    /// SSH host keys of the Git server in `known_hosts` format (what
+    /// `ssh-keyscan <host>` prints), for an `ssh://` or `git@host:path` repository.
+    /// Flux needs them with SSH credentials (they go into its Git secret as
+    /// `known_hosts`); Argo CD knows GitHub, GitLab, Bitbucket and Azure DevOps and
+    /// takes other hosts from here (chart value `configs.ssh.extraHosts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
     /// Argo CD only: the root Application is an app of apps over `path`.
     pub app_of_apps: bool,
 }

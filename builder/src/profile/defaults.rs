@@ -108,6 +108,7 @@ impl Default for Gitops {
             path: "clusters/default".into(),
             credentials: None,
             sops_age_key: None,
+            known_hosts: None,
             app_of_apps: false,
         }
     }

@@ -317,6 +317,58 @@ fn check_cluster(p: &Profile, r: &mut Report<'_>) {
             "app-of-apps needs engine = \"argocd\"",
         );
     }
+    if let Some(hosts) = &g.known_hosts
+        && let Err(e) = check_known_hosts(hosts)
+    {
+        r.add("gitops.known-hosts", e);
+    }
+    let ssh = g
+        .repo
+        .as_deref()
+        .is_some_and(crate::preseed::gitops::is_ssh);
+    if g.engine == GitopsEngine::Flux && ssh && g.credentials.is_some() && g.known_hosts.is_none() {
+        r.add(
+            "gitops.known-hosts",
+            "Flux checks the SSH host key of an ssh:// repository: set gitops.known-hosts \
+             to what `ssh-keyscan <git host>` prints",
+        );
+    }
+}
+
+/// `known_hosts` lines: `<hosts> <key type> <base64 key> [comment]`, `#` comments.
+fn check_known_hosts(text: &str) -> Result<(), String> {
+    let mut keys = 0;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // An optional @cert-authority / @revoked marker comes first.
+        let fields = match fields.first() {
+            Some(m) if m.starts_with('@') => &fields[1..],
+            _ => &fields[..],
+        };
+        let typed = fields.get(1).is_some_and(|t| {
+            t.starts_with("ssh-") || t.starts_with("ecdsa-") || t.starts_with("sk-")
+        });
+        let key_ok = fields.get(2).is_some_and(|k| {
+            k.len() > 16
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        });
+        if !(typed && key_ok) {
+            return Err(format!(
+                "line {} is not a known_hosts entry `<host> <key type> <base64 key>`: '{line}'",
+                n + 1
+            ));
+        }
+        keys += 1;
+    }
+    if keys == 0 {
+        return Err("no host key in it".into());
+    }
+    Ok(())
 }
 
 fn check_nodes(p: &Profile, r: &mut Report<'_>) {
