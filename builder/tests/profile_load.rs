@@ -28,6 +28,16 @@ fn errors(name: &str, dir: &Path, sets: &[&str]) -> ProfileErrors {
     }
 }
 
+/// Each problem's key path and line, sorted.
+fn sorted_problems(e: &ProfileErrors) -> Vec<(String, usize)> {
+    let mut got: Vec<(String, usize)> =
+        e.0.iter()
+            .map(|p| (p.path.clone(), p.location.line))
+            .collect();
+    got.sort();
+    got
+}
+
 const MINIMAL: &str = r#"name = "mini"
 [target]
 arch = "amd64"
@@ -319,11 +329,7 @@ load = ["wireguard", "not a module"]
     );
     let dir = write(&[("k.toml", &text)]);
     let e = errors("k", dir.path(), &[]);
-    let mut got: Vec<(String, usize)> =
-        e.0.iter()
-            .map(|p| (p.path.clone(), p.location.line))
-            .collect();
-    got.sort();
+    let got = sorted_problems(&e);
     assert_eq!(
         got,
         vec![
@@ -360,11 +366,7 @@ public-key = "not-a-key"
     );
     let dir = write(&[("u.toml", &bad)]);
     let e = errors("u", dir.path(), &[]);
-    let mut got: Vec<(String, usize)> =
-        e.0.iter()
-            .map(|p| (p.path.clone(), p.location.line))
-            .collect();
-    got.sort();
+    let got = sorted_problems(&e);
     assert_eq!(
         got,
         vec![
@@ -410,11 +412,7 @@ sha256 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
     );
     let dir = write(&[("a.toml", &text)]);
     let e = errors("a", dir.path(), &[]);
-    let mut got: Vec<(String, usize)> =
-        e.0.iter()
-            .map(|p| (p.path.clone(), p.location.line))
-            .collect();
-    got.sort();
+    let got = sorted_problems(&e);
     assert_eq!(
         got,
         vec![

@@ -33,6 +33,18 @@ fn sign_profile(dir: &Path, key: &Path) {
     sign::sign_dir(dir, key).unwrap();
 }
 
+/// The fixture with both profiles signed by a fresh key, served by an app that
+/// checks that key: (fixture, images folder, app).
+fn both_profiles_signed() -> (common::Fixture, std::path::PathBuf, axum::Router) {
+    let f = fixture(8080);
+    let images = f.shared.cfg.images.dir.clone();
+    let keys = sign::generate_keypair(&f.dir.path().join("keys"), KeyProtection::None).unwrap();
+    sign_profile(&images.join("proxmox"), &keys.secret);
+    sign_profile(&images.join("pi5"), &keys.secret);
+    let app = signed_app(&f, &keys.public);
+    (f, images, app)
+}
+
 /// The fixture's shared state, but checking signatures with `public`.
 fn signed_app(f: &common::Fixture, public: &Path) -> axum::Router {
     let cfg = Config {
@@ -48,12 +60,7 @@ fn signed_app(f: &common::Fixture, public: &Path) -> axum::Router {
 
 #[tokio::test]
 async fn tampered_profile_is_refused_and_intact_one_served() {
-    let f = fixture(8080);
-    let images = f.shared.cfg.images.dir.clone();
-    let keys = sign::generate_keypair(&f.dir.path().join("keys"), KeyProtection::None).unwrap();
-    sign_profile(&images.join("proxmox"), &keys.secret);
-    sign_profile(&images.join("pi5"), &keys.secret);
-    let app = signed_app(&f, &keys.public);
+    let (f, images, app) = both_profiles_signed();
 
     let (st, body) = get(&app, "/images/pi5/vmlinuz").await;
     assert_eq!(st, StatusCode::OK);
@@ -105,12 +112,7 @@ async fn tampered_profile_is_refused_and_intact_one_served() {
 
 #[tokio::test]
 async fn tampered_upgrade_json_is_refused_and_intact_one_served() {
-    let f = fixture(8080);
-    let images = f.shared.cfg.images.dir.clone();
-    let keys = sign::generate_keypair(&f.dir.path().join("keys"), KeyProtection::None).unwrap();
-    sign_profile(&images.join("proxmox"), &keys.secret);
-    sign_profile(&images.join("pi5"), &keys.secret);
-    let app = signed_app(&f, &keys.public);
+    let (_fixture, images, app) = both_profiles_signed();
     for file in ["upgrade.json", "SHA256SUMS", "SHA256SUMS.minisig"] {
         let (st, body) = get(&app, &format!("/bundles/proxmox/{file}")).await;
         assert_eq!(st, StatusCode::OK, "{file}");
