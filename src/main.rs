@@ -63,6 +63,10 @@ enum Command {
         /// an encrypted key's password comes from LABIMG_SIGN_PASSWORD or the terminal).
         #[arg(long, value_name = "FILE")]
         sign_key: Option<PathBuf>,
+        /// Never use the network: every package and each suite's signed InRelease come
+        /// from the cache, filled by an earlier online `fetch` or `build` (checked again).
+        #[arg(long, env = "LABIMG_OFFLINE")]
+        offline: bool,
     },
     /// Resolve, download and verify every Debian package a profile needs; print the set.
     Fetch {
@@ -71,6 +75,10 @@ enum Command {
         /// Download cache (default: $LABIMG_CACHE, else ~/.cache/labimg).
         #[arg(long, env = "LABIMG_CACHE")]
         cache: Option<PathBuf>,
+        /// Only check that the cache holds everything (no network): what an offline
+        /// `build` will need.
+        #[arg(long, env = "LABIMG_OFFLINE")]
+        offline: bool,
     },
     /// List, show or validate profiles.
     #[command(subcommand)]
@@ -207,6 +215,7 @@ fn run(args: Args) -> Result<()> {
             cache,
             embed_secrets,
             sign_key,
+            offline,
         } => {
             let p = cli::load_profile(&profile.profile, &profile.sets, dir)?;
             let opts = build::BuildOptions {
@@ -216,12 +225,18 @@ fn run(args: Args) -> Result<()> {
                 source_date_epoch: None,
                 embed_secrets,
                 sign_key,
+                offline,
             };
             cli::build(&p, &opts)
         }
-        Command::Fetch { profile, cache } => cli::fetch(
+        Command::Fetch {
+            profile,
+            cache,
+            offline,
+        } => cli::fetch(
             &cli::load_profile(&profile.profile, &profile.sets, dir)?,
             cache,
+            offline,
         ),
         Command::Profile(ProfileCommand::List) => cli::profile_list(dir),
         Command::Profile(ProfileCommand::Show { profile, resolved }) => {

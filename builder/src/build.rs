@@ -38,6 +38,8 @@ pub struct BuildOptions {
     pub embed_secrets: bool,
     /// minisign secret key: sign `SHA256SUMS` into `SHA256SUMS.minisig` before publishing.
     pub sign_key: Option<PathBuf>,
+    /// Build from the cache alone, without network (see [`Cache::offline`]).
+    pub offline: bool,
 }
 
 /// What a finished build reports.
@@ -114,7 +116,8 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     let cache = match &opts.cache_dir {
         Some(d) => Cache::new(d)?,
         None => Cache::open_default()?,
-    };
+    }
+    .offline(opts.offline);
     let (archive, resolved) = step("resolve inputs", || {
         resolve_inputs(profile, target.as_ref(), cache)
     })?;

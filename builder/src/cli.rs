@@ -35,9 +35,10 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<()> {
 }
 
 /// `labimg fetch`: resolve, download and verify; print the package sets.
-pub fn fetch(profile: &Profile, cache_dir: Option<PathBuf>) -> Result<()> {
+pub fn fetch(profile: &Profile, cache_dir: Option<PathBuf>, offline: bool) -> Result<()> {
     let target = target::for_profile(profile)?;
-    let (archive, resolved) = resolve_inputs(profile, target.as_ref(), cache(cache_dir)?)?;
+    let (archive, resolved) =
+        resolve_inputs(profile, target.as_ref(), cache(cache_dir)?.offline(offline))?;
     fetch_inputs(&archive, &resolved)?;
     for (what, res) in [
         ("kernel", &resolved.kernel),

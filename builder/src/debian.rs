@@ -1,7 +1,8 @@
 //! Debian package source: verified InRelease, Packages, dependency closure, cache and .deb extraction.
 //!
 //! The chain of trust is: the archive keys shipped in `builder/keys/` →
-//! the OpenPGP signature of each suite's `InRelease` (fetched fresh every run)
+//! the OpenPGP signature of each suite's `InRelease` (fetched fresh every run;
+//! offline, the copy the last online run kept, verified again)
 //! → the SHA256 of each `Packages.xz` listed there → the SHA256 of each `.deb`
 //! listed in `Packages`. Every file is checked against its hash before use,
 //! including files that come from the cache.
@@ -170,12 +171,14 @@ impl Archive {
     }
 }
 
-/// Fetches `dists/<suite>/InRelease` (never from the cache), verifies its
-/// signature against `keyring` and its `Valid-Until`, and parses it.
+/// Fetches `dists/<suite>/InRelease` (fresh, unless the cache is offline: then
+/// the copy kept by the last online run), verifies its signature against
+/// `keyring` and its `Valid-Until`, and parses it.
 pub fn fetch_release(cache: &Cache, src: &Source, keyring: &Keyring) -> Result<Release> {
     let url = format!("{}/InRelease", src.dists_url());
-    let bytes = cache.get_bytes(&url)?;
-    verify_release(&bytes, keyring).with_context(|| format!("verifying {url}"))
+    cache.get_release(&url, |bytes| {
+        verify_release(bytes, keyring).with_context(|| format!("verifying {url}"))
+    })
 }
 
 /// Verifies and parses the bytes of an `InRelease` file.

@@ -279,3 +279,60 @@ fn unknown_and_unsatisfiable_requests_are_clear_errors() {
     let pinned = archive.resolve(&[format!("busybox-static={v}")]).unwrap();
     assert_eq!(&pinned.get("busybox-static").unwrap().version, v);
 }
+
+#[test]
+fn offline_builds_use_only_what_an_online_run_cached_and_verify_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let trixie = suites(&["trixie"]);
+    let offline = || Cache::new(dir.path()).unwrap().offline(true);
+
+    // Nothing cached yet: a clear error, no network.
+    let err = Archive::open(DEFAULT_MIRROR, &trixie, "amd64", offline())
+        .err()
+        .expect("an empty cache cannot serve an offline build");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("offline") && text.contains("InRelease") && text.contains("labimg fetch"),
+        "{text}"
+    );
+
+    // One online run fills the cache.
+    let online = Archive::open(
+        DEFAULT_MIRROR,
+        &trixie,
+        "amd64",
+        Cache::new(dir.path()).unwrap(),
+    )
+    .unwrap();
+    let res = online.resolve(&["busybox-static".into()]).unwrap();
+    let fetched_online = online.fetch(&res).unwrap();
+
+    // Offline: same resolution, same verified files.
+    let archive = Archive::open(DEFAULT_MIRROR, &trixie, "amd64", offline()).unwrap();
+    let again = archive.resolve(&["busybox-static".into()]).unwrap();
+    assert_eq!(again.to_string(), res.to_string());
+    let fetched = archive.fetch(&again).unwrap();
+    assert_eq!(
+        fetched.iter().map(|f| &f.path).collect::<Vec<_>>(),
+        fetched_online.iter().map(|f| &f.path).collect::<Vec<_>>()
+    );
+    // A package the online run never downloaded is named, not fetched.
+    let more = archive.resolve(&["e2fsprogs".into()]).unwrap();
+    let err = archive
+        .fetch(&more)
+        .expect_err("e2fsprogs was never cached");
+    assert!(format!("{err:#}").contains("offline"), "{err:#}");
+
+    // The kept InRelease is checked again: an edited copy is refused.
+    let releases: Vec<_> = std::fs::read_dir(dir.path().join("releases"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(releases.len(), 1, "{releases:?}");
+    let text = std::fs::read_to_string(&releases[0]).unwrap();
+    std::fs::write(&releases[0], text.replacen("Suite: ", "Suite: x", 1)).unwrap();
+    let err = Archive::open(DEFAULT_MIRROR, &trixie, "amd64", offline())
+        .err()
+        .expect("an edited InRelease must not verify");
+    assert!(format!("{err:#}").contains("cached copy"), "{err:#}");
+}

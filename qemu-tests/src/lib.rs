@@ -387,6 +387,7 @@ pub fn build_signed_once(
         source_date_epoch: Some(1_700_000_000),
         embed_secrets: false,
         sign_key: sign_key.map(Path::to_path_buf),
+        offline: false,
     };
     labimg_builder::build::build(&profile, &opts)
         .with_context(|| format!("building {}", path.display()))?;

@@ -43,6 +43,18 @@ pub struct Download {
 pub struct Cache {
     root: PathBuf,
     agent: ureq::Agent,
+    offline: bool,
+}
+
+/// What an offline build lacks: named so the user knows to fetch once online.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "offline: {what} is not in the cache {cache}; run the same `labimg fetch` or \
+     `labimg build` once with network access to fill it"
+)]
+pub struct NotCached {
+    pub what: String,
+    pub cache: String,
 }
 
 impl Cache {
@@ -60,7 +72,58 @@ impl Cache {
         Ok(Cache {
             root,
             agent: ureq::Agent::new_with_config(config),
+            offline: false,
         })
+    }
+
+    /// Never touch the network: files come from the cache (re-verified as
+    /// always) and each suite's `InRelease` from the last one fetched online,
+    /// whose signature and `Valid-Until` are checked again now.
+    pub fn offline(mut self, offline: bool) -> Cache {
+        self.offline = offline;
+        self
+    }
+
+    /// Whether this cache works without network ([`Cache::offline`]).
+    pub fn is_offline(&self) -> bool {
+        self.offline
+    }
+
+    fn not_cached(&self, what: String) -> anyhow::Error {
+        NotCached {
+            what,
+            cache: self.root.display().to_string(),
+        }
+        .into()
+    }
+
+    /// Where the last `InRelease` fetched from `url` is kept (by URL: it has no
+    /// hash to be addressed by; its signature is what makes it trusted).
+    fn release_path(&self, url: &str) -> PathBuf {
+        let key = hex::encode(Sha256::digest(url.as_bytes()));
+        self.root.join("releases").join(key)
+    }
+
+    /// `InRelease` from `url`: downloaded (and kept for offline builds), or in
+    /// offline mode the copy kept by the last online run. `verify` checks the
+    /// bytes first; only bytes that pass are kept.
+    pub fn get_release<T>(&self, url: &str, verify: impl Fn(&[u8]) -> Result<T>) -> Result<T> {
+        let path = self.release_path(url);
+        if self.offline {
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                Err(_) => return Err(self.not_cached(url.to_owned())),
+            };
+            return verify(&bytes).with_context(|| format!("the cached copy of {url}"));
+        }
+        let bytes = self.get_bytes(url)?;
+        let out = verify(&bytes)?;
+        let dir = self.root.join("releases");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let partial = dir.join(format!(".partial-{}", std::process::id()));
+        fs::write(&partial, &bytes).with_context(|| format!("writing {}", partial.display()))?;
+        publish(&partial, &path)?;
+        Ok(out)
     }
 
     /// The default cache: `$LABIMG_CACHE`, else `$XDG_CACHE_HOME/labimg`,
@@ -178,6 +241,10 @@ impl Cache {
             }
             return Ok(p);
         }
+        if self.offline {
+            let url = d.urls.last().map_or("?", String::as_str);
+            return Err(self.not_cached(format!("{url} (sha256 {})", d.sha256)));
+        }
         let mut last_err = None;
         // Transient network failures (DNS, resets) get a few more tries.
         for attempt in 0..RETRIES {
@@ -293,6 +360,9 @@ impl Cache {
     /// GETs a small file that is never cached by hash (InRelease: the root of
     /// trust, fetched fresh every run and verified by signature instead).
     pub fn get_bytes(&self, url: &str) -> Result<Vec<u8>> {
+        if self.offline {
+            return Err(self.not_cached(url.to_owned()));
+        }
         let mut attempt = 0;
         loop {
             match self.get_bytes_once(url) {
