@@ -245,7 +245,25 @@ async fn list_nodes(State(s): S) -> Response {
         .filter(|m| owner(m).is_none())
         .map(|m| serde_json::json!({"mac": m, "events": s.events.of(m)}))
         .collect();
-    Json(serde_json::json!({"nodes": nodes, "unknown": unknown})).into_response()
+    // Every profile the inventory boots, and whether it can be served now (with
+    // --public-key a tampered or unsigned one is refused: its nodes will not boot).
+    let names: std::collections::BTreeSet<&str> = inv
+        .nodes
+        .iter()
+        .map(|n| n.profile.as_str())
+        .chain(inv.default.profile.as_deref())
+        .collect();
+    let profiles: Vec<_> = names
+        .into_iter()
+        .map(|name| match s.cfg.images.info(name) {
+            Ok(info) => serde_json::json!({"name": name, "servable": true, "kernel": info.kernel}),
+            Err(e) => {
+                serde_json::json!({"name": name, "servable": false, "error": format!("{e:#}")})
+            }
+        })
+        .collect();
+    Json(serde_json::json!({"nodes": nodes, "unknown": unknown, "profiles": profiles}))
+        .into_response()
 }
 
 async fn metrics(State(s): S) -> Response {

@@ -86,6 +86,22 @@ async fn tampered_profile_is_refused_and_intact_one_served() {
     // The other profile is not affected.
     let (st, _) = get(&app, "/images/pi5/initrd.img").await;
     assert_eq!(st, StatusCode::OK);
+    // The node list says which profile cannot be served, and why.
+    let (_, body) = get(&app, "/v1/nodes").await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let profile = |name: &str| {
+        v["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in {v}"))
+    };
+    assert_eq!(profile("proxmox")["servable"], false, "{v}");
+    let why = profile("proxmox")["error"].as_str().unwrap().to_owned();
+    assert!(why.contains("netboot/initrd.img"), "{why}");
+    assert_eq!(profile("pi5")["servable"], true, "{v}");
 
     // A file added beside the signed ones is refused too.
     std::fs::write(&initrd, &original).unwrap();
