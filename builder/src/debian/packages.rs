@@ -18,6 +18,9 @@ pub struct Package {
     pub depends: String,
     pub pre_depends: String,
     pub provides: String,
+    /// Raw `Conflicts` and `Breaks` fields: a closure holding both sides is refused.
+    pub conflicts: String,
+    pub breaks: String,
     /// Path relative to the mirror root (`pool/main/b/busybox/...deb`).
     pub filename: String,
     pub size: u64,
@@ -60,6 +63,8 @@ impl Package {
             depends: opt("Depends"),
             pre_depends: opt("Pre-Depends"),
             provides: opt("Provides"),
+            conflicts: opt("Conflicts"),
+            breaks: opt("Breaks"),
             filename: req("Filename")?,
             size: req("Size")?
                 .parse()
@@ -93,6 +98,18 @@ impl Package {
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("parsing {field} of {} {}", self.name, self.version))?;
             out.extend(groups.into_iter().map(|g| (field, g)));
+        }
+        Ok(out)
+    }
+
+    /// Parsed `Conflicts` then `Breaks`, each relation tagged with its field.
+    pub fn conflicts(&self) -> Result<Vec<(&'static str, Relation)>> {
+        let mut out = Vec::new();
+        for (field, text) in [("Conflicts", &self.conflicts), ("Breaks", &self.breaks)] {
+            let groups = deps::parse_depends(text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("parsing {field} of {} {}", self.name, self.version))?;
+            out.extend(groups.into_iter().flatten().map(|r| (field, r)));
         }
         Ok(out)
     }

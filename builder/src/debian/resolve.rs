@@ -311,6 +311,7 @@ impl Index {
                 queue.push_back(dep_name);
             }
         }
+        self.check_conflicts(&chosen)?;
         let packages = chosen
             .into_iter()
             .map(|(name, c)| {
@@ -335,6 +336,50 @@ impl Index {
             arch: self.arch.clone(),
             packages,
         })
+    }
+
+    /// Refuses a closure in which one package `Conflicts` with or `Breaks`
+    /// another (by name and version, or through a virtual name the other
+    /// provides), as dpkg would refuse to install the pair. Every clash is listed.
+    fn check_conflicts(&self, chosen: &BTreeMap<String, Chosen>) -> Result<()> {
+        let mut clashes = Vec::new();
+        for (name, c) in chosen {
+            let p = self.pkg(c.pick);
+            for (field, rel) in p.conflicts()? {
+                for (other_name, other) in chosen {
+                    if other_name == name {
+                        continue;
+                    }
+                    let o = self.pkg(other.pick);
+                    let by_name = o.name == rel.name && rel.accepts(Some(&o.version));
+                    // A package never conflicts with itself through a name it provides.
+                    let by_provide = || {
+                        o.provides().is_ok_and(|provided| {
+                            provided.iter().any(|pr| {
+                                pr.name == rel.name
+                                    && rel.accepts(pr.constraint.as_ref().map(|(_, v)| v))
+                            })
+                        })
+                    };
+                    if by_name || by_provide() {
+                        clashes.push(format!(
+                            "{name} {} ({}) has {field}: {rel}, but {other_name} {} ({}) is in it too",
+                            p.version,
+                            self.chain(name, chosen),
+                            o.version,
+                            self.chain(other_name, chosen),
+                        ));
+                    }
+                }
+            }
+        }
+        if !clashes.is_empty() {
+            bail!(
+                "the package set cannot be installed together:\n  {}",
+                clashes.join("\n  ")
+            );
+        }
+        Ok(())
     }
 
     /// `requested-pkg -> dep -> name` for error messages.
@@ -378,6 +423,8 @@ mod tests {
             depends: depends.into(),
             pre_depends: String::new(),
             provides: provides.into(),
+            conflicts: String::new(),
+            breaks: String::new(),
             filename: format!("pool/{name}_{version}.deb"),
             size: 1,
             sha256: "0".repeat(64),
@@ -498,6 +545,58 @@ mod tests {
         let e = resolve(&["kernel=9"]).unwrap_err().to_string();
         assert!(
             e.contains("6.12 in trixie") && e.contains("7.1 in trixie-backports"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn conflicting_and_breaking_pairs_are_refused_with_their_chains() {
+        let with = |mut p: Package, conflicts: &str, breaks: &str| {
+            p.conflicts = conflicts.into();
+            p.breaks = breaks.into();
+            p
+        };
+        let idx = Index::new(
+            "arm64",
+            vec![(
+                "trixie".into(),
+                "http://m".into(),
+                vec![
+                    with(pkg("busybox-static", "1.37", "", ""), "busybox", ""),
+                    pkg("busybox", "1.37", "", ""),
+                    pkg("app", "1", "busybox", ""),
+                    with(pkg("newlib", "2", "", ""), "", "oldtool (<< 2)"),
+                    pkg("oldtool", "1.5", "", ""),
+                    pkg("mta-a", "1", "", "mail-transport-agent"),
+                    with(
+                        pkg("mta-b", "1", "", "mail-transport-agent"),
+                        "mail-transport-agent",
+                        "",
+                    ),
+                ],
+            )],
+        )
+        .unwrap();
+        let resolve =
+            |reqs: &[&str]| idx.resolve(&reqs.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        // Alone, each side is fine; a package may conflict with a name it provides.
+        resolve(&["busybox-static"]).unwrap();
+        resolve(&["app"]).unwrap();
+        resolve(&["mta-b"]).unwrap();
+        resolve(&["newlib"]).unwrap();
+
+        let e = resolve(&["busybox-static", "app"]).unwrap_err().to_string();
+        assert!(
+            e.contains("busybox-static 1.37 (busybox-static) has Conflicts: busybox")
+                && e.contains("busybox 1.37 (app -> busybox)"),
+            "{e}"
+        );
+        let e = resolve(&["newlib", "oldtool"]).unwrap_err().to_string();
+        assert!(e.contains("has Breaks: oldtool (<< 2)"), "{e}");
+        // Through a virtual name another chosen package provides.
+        let e = resolve(&["mta-a", "mta-b"]).unwrap_err().to_string();
+        assert!(
+            e.contains("mta-b 1 (mta-b) has Conflicts: mail-transport-agent, but mta-a"),
             "{e}"
         );
     }
