@@ -56,7 +56,8 @@ enum Command {
         #[arg(long, env = "LABIMG_CACHE")]
         cache: Option<PathBuf>,
         /// Also embed secrets (k3s token, Git credentials) in the disk images: only for
-        /// per-node images you do not share. Netboot artifacts never carry secrets.
+        /// per-node images you do not share. Such a build writes no netboot artifacts
+        /// and no upgrade bundle (they are served to the whole LAN).
         #[arg(long)]
         embed_secrets: bool,
         /// Sign SHA256SUMS with this minisign secret key (writes SHA256SUMS.minisig;

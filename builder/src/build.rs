@@ -110,6 +110,18 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         .to_string_lossy();
     let staging = Staging(parent.join(format!(".{file_name}.partial-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&staging.0);
+    // netboot/ is served to the whole LAN: never with a root image that holds secrets.
+    let netboot = profile.outputs.netboot && !opts.embed_secrets;
+    if profile.outputs.netboot && opts.embed_secrets {
+        tracing::warn!(
+            "--embed-secrets: writing no netboot artifacts and no upgrade bundle (they are \
+             served to anyone on the LAN, and this root image holds secrets)"
+        );
+    }
+    anyhow::ensure!(
+        netboot || !profile.outputs.formats.is_empty(),
+        "nothing to write: --embed-secrets leaves out netboot artifacts, and outputs.formats is empty"
+    );
     std::fs::create_dir_all(staging.0.join("netboot"))?;
     let work = &staging.0;
 
@@ -154,8 +166,10 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     let initramfs = step("make initramfs", || {
         make_initramfs(&rootfs.tree, &modules, epoch)
     })?;
+    // Published as netboot/root.squashfs, or only written into the disk's root slot.
+    let root_path = work.join("netboot/root.squashfs");
     let root = step("make root image", || {
-        make_root_image(&rootfs.tree, &work.join("netboot/root.squashfs"), epoch)
+        make_root_image(&rootfs.tree, &root_path, epoch)
     })?;
 
     let raw = work.join(format!("{}.raw", profile.name));
@@ -169,7 +183,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         epoch,
     };
     step("write disk", || target.write_disk(&disk_inputs, &raw))?;
-    if let Some((dir, files)) = target.netboot_files(&disk_inputs)? {
+    if netboot && let Some((dir, files)) = target.netboot_files(&disk_inputs)? {
         files.write_to_dir(&work.join("netboot").join(dir))?;
     }
     for format in &profile.outputs.formats {
@@ -185,25 +199,31 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         }
     }
     std::fs::remove_file(&raw)?;
+    if !netboot {
+        std::fs::remove_dir_all(work.join("netboot"))?;
+    }
 
     let cmdline: BTreeMap<String, String> = ["a", "b"]
         .iter()
         .map(|s| (s.to_string(), target.cmdline(profile, &root, s).join(" ")))
         .collect();
-    step("write netboot artifacts", || {
-        write_netboot(
-            work,
-            profile,
-            &rootfs.kernel,
-            &initramfs.data,
-            &root,
-            &cmdline["a"],
-        )
-    })?;
-    // Before hash_outputs, so SHA256SUMS and the manifest list it.
-    step("write upgrade bundle", || {
-        crate::upgrade::write_upgrade_json(work, &root, &cmdline).map(|_| ())
-    })?;
+    if netboot {
+        step("write netboot artifacts", || {
+            write_netboot(
+                work,
+                profile,
+                &rootfs.kernel,
+                &initramfs.data,
+                &root,
+                &cmdline["a"],
+            )
+        })?;
+        // An upgrade bundle is the netboot files plus upgrade.json. Before
+        // hash_outputs, so SHA256SUMS and the manifest list it.
+        step("write upgrade bundle", || {
+            crate::upgrade::write_upgrade_json(work, &root, &cmdline).map(|_| ())
+        })?;
+    }
     let nodes = step("write node configs", || {
         write_node_dirs(work, profile, &render)
     })?;
@@ -229,7 +249,11 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         .iter()
         .find(|o| o.path == "netboot/root.squashfs")
         .cloned()
-        .context("root image missing from outputs")?;
+        .unwrap_or_else(|| OutputFile {
+            path: "root slot a of the disk image (not published)".into(),
+            size: root.size,
+            sha256: root.sha256.clone(),
+        });
     let manifest = Manifest {
         labimg_version: env!("CARGO_PKG_VERSION"),
         profile: profile.name.clone(),

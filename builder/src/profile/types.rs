@@ -214,7 +214,9 @@ pub enum ImageFormat {
 pub struct Outputs {
     /// Disk image formats to write.
     pub formats: Vec<ImageFormat>,
-    /// Also write netboot artifacts (kernel, initramfs, root image, iPXE script).
+    /// Also write netboot artifacts (`netboot/`: kernel, initramfs, root image) and the
+    /// A/B upgrade bundle that reuses them (`upgrade.json`). Never written by a build
+    /// with `--embed-secrets`: `labimg serve` hands them to anyone on the LAN.
     pub netboot: bool,
     /// Output folder, instead of `images/<name>/`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,119 @@
+//! `--embed-secrets` on a real build: the node's secrets are inside the disk
+//! image's root slot, and nothing is written that `labimg serve` would hand to
+//! the LAN (no `netboot/`, no upgrade bundle).
+//!
+//! Uses the real Debian mirror through the verified download cache, and
+//! `qemu-img`, `sfdisk` and `unsquashfs` as oracles.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use labimg_builder::build::{BuildOptions, build};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn embedded_secrets_go_into_the_disk_image_and_no_netboot_artifact_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "K10embedded-secrets-test-token";
+    std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
+    let profile_path = dir.path().join("embed.toml");
+    std::fs::write(
+        &profile_path,
+        format!(
+            r#"extends = "{}"
+name = "embed"
+
+[cluster]
+token = {{ file = "{}" }}
+
+[[nodes]]
+hostname = "pve-e1"
+mac = "bc:24:11:00:00:e1"
+role = "server"
+
+[outputs]
+formats = ["qcow2"]
+"#,
+            workspace().join("profiles/proxmox.toml").display(),
+            dir.path().join("token").display()
+        ),
+    )
+    .unwrap();
+    let profile = labimg_builder::profile::load(
+        profile_path.to_str().unwrap(),
+        &workspace().join("profiles"),
+        &[],
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    build(
+        &profile,
+        &BuildOptions {
+            out_dir: Some(out.clone()),
+            k3s_binary: Some(workspace().join("qemu-tests/stand-in/k3s")),
+            cache_dir: std::env::var_os("LABIMG_CACHE").map(PathBuf::from),
+            source_date_epoch: Some(1_700_000_000),
+            embed_secrets: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+
+    // Nothing for the LAN: only the disk image and the build's records.
+    assert!(!out.join("netboot").exists(), "netboot/ was written");
+    assert!(
+        !out.join("upgrade.json").exists(),
+        "an upgrade bundle was written"
+    );
+    let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    let listed: Vec<&str> = sums
+        .lines()
+        .filter_map(|l| l.split_once("  ").map(|(_, f)| f))
+        .collect();
+    assert_eq!(
+        listed,
+        ["embed.qcow2", "embed.spdx.json", "manifest.json"],
+        "{sums}"
+    );
+
+    // The token is in the root slot of the disk: read it back with host tools.
+    let raw = dir.path().join("disk.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(out.join("embed.qcow2"))
+        .arg(&raw));
+    let table: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("-J").arg(&raw))).unwrap();
+    let part = table["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "root-a")
+        .expect("a root-a partition");
+    let start = part["start"].as_u64().unwrap() * 512;
+    let size = part["size"].as_u64().unwrap() * 512;
+    let disk = std::fs::read(&raw).unwrap();
+    let slot = dir.path().join("root-a.img");
+    std::fs::write(&slot, &disk[start as usize..(start + size) as usize]).unwrap();
+    let got = run(Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(&slot)
+        .arg("usr/lib/labimg/nodes/pve-e1/k3s/token"));
+    assert_eq!(got.trim(), token);
+}
