@@ -64,6 +64,10 @@ enum Command {
         /// an encrypted key's password comes from LABIMG_SIGN_PASSWORD or the terminal).
         #[arg(long, value_name = "FILE")]
         sign_key: Option<PathBuf>,
+        /// Build a per-node image: only this node of the profile's [[nodes]] in its node
+        /// table (with --embed-secrets, only its secrets), written to images/<name>-<node>/.
+        #[arg(long, value_name = "HOSTNAME")]
+        node: Option<String>,
         /// Never use the network: every package and each suite's signed InRelease come
         /// from the cache, filled by an earlier online `fetch` or `build` (checked again).
         #[arg(long, env = "LABIMG_OFFLINE")]
@@ -216,6 +220,7 @@ fn run(args: Args) -> Result<()> {
             cache,
             embed_secrets,
             sign_key,
+            node,
             offline,
         } => {
             let p = cli::load_profile(&profile.profile, &profile.sets, dir)?;
@@ -227,6 +232,7 @@ fn run(args: Args) -> Result<()> {
                 embed_secrets,
                 sign_key,
                 offline,
+                node,
             };
             cli::build(&p, &opts)
         }

@@ -40,6 +40,10 @@ pub struct BuildOptions {
     pub sign_key: Option<PathBuf>,
     /// Build from the cache alone, without network (see [`Cache::offline`]).
     pub offline: bool,
+    /// A per-node image: only this `[[nodes]]` entry in the image's node table and
+    /// `nodes/` (with `embed_secrets`, only its secrets); default output folder
+    /// `images/<name>-<node>/`.
+    pub node: Option<String>,
 }
 
 /// What a finished build reports.
@@ -94,11 +98,28 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     });
-    let out_dir = opts
-        .out_dir
-        .clone()
-        .or_else(|| profile.outputs.dir.as_ref().map(PathBuf::from))
+    if let Some(node) = &opts.node {
+        anyhow::ensure!(
+            profile.nodes.iter().any(|n| &n.hostname == node),
+            "--node {node}: profile {} has no such node in [[nodes]]",
+            profile.name
+        );
+    }
+    let shared_dir = profile
+        .outputs
+        .dir
+        .as_ref()
+        .map(PathBuf::from)
         .unwrap_or_else(|| Path::new("images").join(&profile.name));
+    let out_dir = opts.out_dir.clone().unwrap_or_else(|| match &opts.node {
+        // Beside the shared build, never over it.
+        Some(node) => {
+            let mut name = shared_dir.file_name().unwrap_or_default().to_os_string();
+            name.push(format!("-{node}"));
+            shared_dir.with_file_name(name)
+        }
+        None => shared_dir,
+    });
     let parent = out_dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -142,6 +163,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     let k3s = k3s_info(profile, opts.k3s_binary.as_deref())?;
     let render = RenderOptions {
         embed_secrets: opts.embed_secrets,
+        only_node: opts.node.clone(),
         ..Default::default()
     };
     let rootfs = step("assemble rootfs", || {

@@ -205,9 +205,27 @@ pub fn render_all_with(
     dest: Destination,
 ) -> Result<(Vec<NodeDir>, String)> {
     preseed::check_profile(profile)?;
+    if let Some(only) = &opts.only_node
+        && !profile.nodes.iter().any(|n| &n.hostname == only)
+    {
+        let names: Vec<&str> = profile.nodes.iter().map(|n| n.hostname.as_str()).collect();
+        anyhow::bail!(
+            "--node {only}: the profile has no such node (its nodes: {})",
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
     let mut dirs = Vec::new();
     let mut index = String::new();
-    for node in &profile.nodes {
+    let selected = profile.nodes.iter().filter(|n| {
+        opts.only_node
+            .as_ref()
+            .is_none_or(|only| &n.hostname == only)
+    });
+    for node in selected {
         dirs.push(
             render_with(profile, node, opts, dest)
                 .with_context(|| format!("rendering node {}", node.hostname))?,

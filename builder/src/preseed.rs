@@ -36,6 +36,9 @@ pub struct RenderOptions {
     /// Directory that relative `file`/`sops-file` secrets and `cni.chart.path` are
     /// resolved against (the working directory by default, as the profile docs say).
     pub base_dir: PathBuf,
+    /// A per-node build (`--node`): only this node of `[[nodes]]` is rendered (its
+    /// cluster topology still comes from every node of the profile).
+    pub only_node: Option<String>,
 }
 
 impl Default for RenderOptions {
@@ -43,6 +46,7 @@ impl Default for RenderOptions {
         RenderOptions {
             embed_secrets: false,
             base_dir: PathBuf::from("."),
+            only_node: None,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! `--embed-secrets` on a real build: the node's secrets are inside the disk
-//! image's root slot, and nothing is written that `labimg serve` would hand to
-//! the LAN (no `netboot/`, no upgrade bundle).
+//! A per-node build with `--embed-secrets` (`--node pve-e2`): that node's
+//! secrets, and no other node, are inside the disk image's root slot, and
+//! nothing is written that `labimg serve` would hand to the LAN (no
+//! `netboot/`, no upgrade bundle).
 //!
 //! Uses the real Debian mirror through the verified download cache, and
 //! `qemu-img`, `sfdisk` and `unsquashfs` as oracles.
@@ -28,7 +29,7 @@ fn run(cmd: &mut Command) -> String {
 }
 
 #[test]
-fn embedded_secrets_go_into_the_disk_image_and_no_netboot_artifact_is_written() {
+fn a_per_node_image_carries_that_nodes_secrets_and_no_netboot_artifact_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let token = "K10embedded-secrets-test-token";
     std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
@@ -46,6 +47,13 @@ token = {{ file = "{}" }}
 hostname = "pve-e1"
 mac = "bc:24:11:00:00:e1"
 role = "server"
+ip = "192.168.10.11/24"
+gateway = "192.168.10.1"
+
+[[nodes]]
+hostname = "pve-e2"
+mac = "bc:24:11:00:00:e2"
+role = "agent"
 
 [outputs]
 formats = ["qcow2"]
@@ -70,6 +78,7 @@ formats = ["qcow2"]
             cache_dir: std::env::var_os("LABIMG_CACHE").map(PathBuf::from),
             source_date_epoch: Some(1_700_000_000),
             embed_secrets: true,
+            node: Some("pve-e2".into()),
             ..Default::default()
         },
     )
@@ -114,6 +123,44 @@ formats = ["qcow2"]
     let got = run(Command::new("unsquashfs")
         .arg("-cat")
         .arg(&slot)
-        .arg("usr/lib/labimg/nodes/pve-e1/k3s/token"));
+        .arg("usr/lib/labimg/nodes/pve-e2/k3s/token"));
     assert_eq!(got.trim(), token);
+    // pve-e2 only: the agent joins the server the whole profile describes.
+    let index = run(Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(&slot)
+        .arg("usr/lib/labimg/nodes/index"));
+    assert_eq!(index, "bc:24:11:00:00:e2 pve-e2\n");
+    let listing = run(Command::new("unsquashfs")
+        .args(["-l", "-d", ""])
+        .arg(&slot)
+        .arg("usr/lib/labimg/nodes"));
+    assert!(!listing.contains("pve-e1"), "{listing}");
+    let config = run(Command::new("unsquashfs")
+        .arg("-cat")
+        .arg(&slot)
+        .arg("usr/lib/labimg/nodes/pve-e2/k3s/config.yaml"));
+    assert!(
+        config.contains("server: https://192.168.10.11:6443"),
+        "{config}"
+    );
+    // The serve-side node folders follow the same selection.
+    let served: Vec<_> = std::fs::read_dir(out.join("nodes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(served, ["pve-e2"]);
+
+    // A name that is not in [[nodes]] fails before any work, naming the choices.
+    let err = build(
+        &profile,
+        &BuildOptions {
+            out_dir: Some(dir.path().join("never")),
+            node: Some("pve-e9".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("--node pve-e9"), "{err:#}");
+    assert!(!dir.path().join("never").exists());
 }

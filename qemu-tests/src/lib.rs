@@ -388,6 +388,7 @@ pub fn build_signed_once(
         embed_secrets: false,
         sign_key: sign_key.map(Path::to_path_buf),
         offline: false,
+        node: None,
     };
     labimg_builder::build::build(&profile, &opts)
         .with_context(|| format!("building {}", path.display()))?;
