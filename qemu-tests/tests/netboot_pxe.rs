@@ -3,8 +3,10 @@
 //! an isolated bridge inside a network namespace, and reach the k3s STAND-IN with
 //! the identity the server's per-node config gave them. Flows: x86_64 BIOS with
 //! QEMU's iPXE ROM, x86_64 UEFI (OVMF's own PXE client → `ipxe.efi` over TFTP →
-//! `boot.ipxe`), arm64 UEFI (AAVMF → `ipxe-arm64.efi` → `boot.ipxe`). The iPXE
-//! binaries come from Debian trixie through the verified Debian source.
+//! `boot.ipxe`), x86_64 UEFI HTTP boot (OVMF's HttpBootDxe, its PXE turned off →
+//! `ipxe.efi` over HTTP from the URL in our offer → `boot.ipxe`), arm64 UEFI
+//! (AAVMF → `ipxe-arm64.efi` → `boot.ipxe`). The iPXE binaries come from Debian
+//! trixie through the verified Debian source.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -180,8 +182,14 @@ impl Drop for Lab {
 
 /// Boots `vm` on the lab's tap and checks the whole path: the node reaches the k3s
 /// stand-in with the identity from the server (`source=url`), and the server saw
-/// its events through `k3s-started`.
-fn pxe_boot(lab: &Lab, vm: Vm, hostname: &str, role: &str, firmware_milestones: &[&str]) {
+/// its events through `k3s-started`. Returns the serial log for further checks.
+fn pxe_boot(
+    lab: &Lab,
+    vm: Vm,
+    hostname: &str,
+    role: &str,
+    firmware_milestones: &[&str],
+) -> SerialLog {
     let name = vm.name().to_owned();
     let log: SerialLog = vm.in_netns(lab.ns.name()).boot(None, BOOT_TIMEOUT).unwrap();
     let server_log = lab.keep_log(&name);
@@ -228,6 +236,7 @@ fn pxe_boot(lab: &Lab, vm: Vm, hostname: &str, role: &str, firmware_milestones: 
         "{name}: PXE boot to the k3s stand-in in {:.0?}",
         log.elapsed
     );
+    log
 }
 
 fn inventory_node(hostname: &str, mac: &str, role: &str, profile: &str, args: &str) -> String {
@@ -274,6 +283,65 @@ fn x86_64_uefi_pxe_chains_debian_ipxe_efi_to_the_k3s_stand_in() {
         host,
         "server",
         &["iPXE", "labimg: booting pxe-cp-1"],
+    );
+}
+
+#[test]
+fn x86_64_uefi_http_boot_fetches_ipxe_over_http_to_the_k3s_stand_in() {
+    let out = build_once("proxmox-pxe", PROXMOX).expect("building the proxmox profile");
+    let (host, mac) = ("pxe-cp-1", "52:54:00:77:00:04");
+    let lab = Lab::start(
+        "http",
+        &out,
+        "proxmox",
+        &inventory_node(host, mac, "server", "proxmox", ""),
+    );
+    // No option ROM, and OVMF's PXE (and IPv6) boot options turned off through
+    // fw_cfg: the only network boot option left is "UEFI HTTPv4", so OVMF's
+    // HttpBootDxe sends option 93 = 16 with `HTTPClient`, and must fetch
+    // `ipxe.efi` from the URL in our offer, not over TFTP.
+    let vm = Vm::x86_64_uefi("netboot-http")
+        .unwrap()
+        .extra_args(&[
+            "-fw_cfg",
+            "name=opt/org.tianocore/IPv4PXESupport,string=n",
+            "-fw_cfg",
+            "name=opt/org.tianocore/IPv6PXESupport,string=n",
+            "-fw_cfg",
+            "name=opt/org.tianocore/IPv6Support,string=n",
+        ])
+        .tap_net("tap0", mac, Some(""));
+    // The URI OVMF prints is option 67 of our offer, which only a client
+    // classified as HTTP boot gets; OVMF's PXE client must never have run.
+    let uri = format!("URI: http://{HTTP}/ipxe/ipxe.efi");
+    let option = format!("UEFI HTTPv4 (MAC:{})", mac.replace(':', "").to_uppercase());
+    let log = pxe_boot(
+        &lab,
+        vm,
+        host,
+        "server",
+        &[
+            ">>Start HTTP Boot over IPv4",
+            uri.as_str(),
+            option.as_str(),
+            "iPXE",
+            "labimg: booting pxe-cp-1",
+        ],
+    );
+    log.assert_absent(">>Start PXE over IPv");
+    // And the server saw `ipxe.efi` fetched over HTTP (the PXE flows fetch it over TFTP).
+    let metrics = lab.curl("/metrics").unwrap();
+    let served = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"labimg_http_requests_total{route="/ipxe/{file}",status="200"} "#)
+        })
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        served >= 1,
+        "ipxe.efi was never served over HTTP; metrics:\n{metrics}\nserial log {}",
+        log.keep().display()
     );
 }
 
