@@ -5,12 +5,23 @@
 # Sourced, never executed. Everything here must work on x86_64 and aarch64.
 
 # Where console lines go. PID 1 always has /dev/console; fall back to stderr so that
-# the functions stay usable from a test shell.
+# the functions stay usable from a test shell. /dev/console is the last console= on
+# the command line (a serial port); with console=tty0 before it (Proxmox images) the
+# lines also go to the display, where noVNC shows them.
 labimg_say() {
 	if [ -c /dev/console ] && [ -w /dev/console ]; then
 		printf '%s\n' "$*" >/dev/console 2>/dev/null || printf '%s\n' "$*" >&2
 	else
 		printf '%s\n' "$*" >&2
+	fi
+	if [ -z "$LABIMG_TTY0" ] && [ -r /proc/cmdline ]; then
+		case " $(cat /proc/cmdline) " in
+		*" console=tty0 "*) LABIMG_TTY0=yes ;;
+		*) LABIMG_TTY0=no ;;
+		esac
+	fi
+	if [ "$LABIMG_TTY0" = yes ] && [ -c /dev/tty0 ]; then
+		printf '%s\n' "$*" >/dev/tty0 2>/dev/null
 	fi
 }
 

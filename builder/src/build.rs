@@ -86,25 +86,52 @@ impl Drop for Staging {
 /// Builds every output of `profile`.
 pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     let target = target::for_profile(profile)?;
+    anyhow::ensure!(
+        !opts.embed_secrets || opts.node.is_some(),
+        "--embed-secrets needs --node <hostname>: an image that carries secrets is built for \
+         one machine (its own folder images/<name>-<hostname>/), not shared"
+    );
+    if let Some(node) = &opts.node {
+        let names: Vec<&str> = profile.nodes.iter().map(|n| n.hostname.as_str()).collect();
+        anyhow::ensure!(
+            names.contains(&node.as_str()),
+            "--node {node}: profile {} has no such node in [[nodes]] (it has: {})",
+            profile.name,
+            if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    // An image with secrets must not upgrade itself from the shared, secret-less
+    // bundle (its node would lose its token), so it gets no labimg.upgrade=.
+    let unshared;
+    let profile = if opts.embed_secrets && profile.upgrade.url.is_some() {
+        tracing::warn!(
+            "--embed-secrets: this image does not pull upgrades from upgrade.url (the shared \
+             bundle has no secrets); upgrade it by building it again"
+        );
+        let mut p = profile.clone();
+        p.upgrade.url = None;
+        unshared = p;
+        &unshared
+    } else {
+        profile
+    };
     // Loaded (and decrypted) first, so a wrong password fails before a long build.
     let sign_key = opts
         .sign_key
         .as_deref()
         .map(crate::sign::load_secret_key)
         .transpose()?;
+    check_upgrade_key(profile, sign_key.as_ref())?;
     let epoch = opts.source_date_epoch.unwrap_or_else(|| {
         std::env::var("SOURCE_DATE_EPOCH")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     });
-    if let Some(node) = &opts.node {
-        anyhow::ensure!(
-            profile.nodes.iter().any(|n| &n.hostname == node),
-            "--node {node}: profile {} has no such node in [[nodes]]",
-            profile.name
-        );
-    }
     let shared_dir = profile
         .outputs
         .dir
@@ -131,6 +158,14 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         .to_string_lossy();
     let staging = Staging(parent.join(format!(".{file_name}.partial-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&staging.0);
+    if opts.embed_secrets {
+        // Created private, and published by renaming it: the folder stays 0700.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&staging.0)
+            .with_context(|| format!("creating {}", staging.0.display()))?;
+    }
     // netboot/ is served to the whole LAN: never with a root image that holds secrets.
     let netboot = profile.outputs.netboot && !opts.embed_secrets;
     if profile.outputs.netboot && opts.embed_secrets {
@@ -221,6 +256,17 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         }
     }
     std::fs::remove_file(&raw)?;
+    if opts.embed_secrets {
+        use std::os::unix::fs::PermissionsExt;
+        for format in &profile.outputs.formats {
+            let path = raw.with_extension(match format {
+                ImageFormat::RawXz => "raw.xz",
+                ImageFormat::Qcow2 => "qcow2",
+            });
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", path.display()))?;
+        }
+    }
     if !netboot {
         std::fs::remove_dir_all(work.join("netboot"))?;
     }
@@ -243,7 +289,8 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         // An upgrade bundle is the netboot files plus upgrade.json. Before
         // hash_outputs, so SHA256SUMS and the manifest list it.
         step("write upgrade bundle", || {
-            crate::upgrade::write_upgrade_json(work, &root, &cmdline).map(|_| ())
+            crate::upgrade::write_upgrade_json(work, &profile.name, epoch, &root, &cmdline)
+                .map(|_| ())
         })?;
     }
     let nodes = step("write node configs", || {
@@ -298,6 +345,30 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     }
     publish(&staging.0, &out_dir)?;
     Ok(BuildResult { out_dir, outputs })
+}
+
+/// With `upgrade.public-key`, nodes accept only bundles signed by that key: a
+/// build signed by another key is an error, an unsigned one a warning (it can
+/// still be signed later with `labimg sign`).
+fn check_upgrade_key(profile: &Profile, sign_key: Option<&minisign::SecretKey>) -> Result<()> {
+    let Some(want) = &profile.upgrade.public_key else {
+        return Ok(());
+    };
+    let Some(sk) = sign_key else {
+        tracing::warn!(
+            "upgrade.public-key is set but this build is not signed (--sign-key): nodes will \
+             refuse it as an upgrade until `labimg sign` signs it with that key"
+        );
+        return Ok(());
+    };
+    let pk = minisign::PublicKey::from_secret_key(sk).context("deriving the public key")?;
+    anyhow::ensure!(
+        pk.to_base64() == want.trim(),
+        "--sign-key is key {}, but upgrade.public-key is another key: nodes of this profile \
+         would refuse the bundle",
+        crate::sign::key_id(&pk)
+    );
+    Ok(())
 }
 
 fn k3s_info(profile: &Profile, baked: Option<&Path>) -> Result<K3sInfo> {

@@ -319,6 +319,9 @@ fn airgap_images(tree: &mut Tree, profile: &Profile, render: &RenderOptions) -> 
     Ok(())
 }
 
+/// The image's profile name and build time, for the upgrade agent.
+pub const RELEASE_FILE: &str = "usr/lib/labimg/release";
+
 /// Where the image keeps `upgrade.public-key` for the upgrade agent.
 pub const UPGRADE_KEY: &str = "usr/lib/labimg/upgrade.pub";
 
@@ -347,6 +350,12 @@ pub fn assemble_rootfs(
     let dep = modules.modules_dep(&tree).context("writing modules.dep")?;
     tree.insert_file(modules.dir.join("modules.dep"), dep, 0o644)?;
     kernel_runtime(&mut tree, profile, &modules)?;
+    // What the upgrade agent compares a bundle's profile and build time with.
+    tree.insert_file(
+        RELEASE_FILE,
+        format!("PROFILE={}\nSOURCE_DATE_EPOCH={epoch}\n", profile.name),
+        0o644,
+    )?;
     airgap_images(&mut tree, profile, render)?;
     if let Some(key) = &profile.upgrade.public_key {
         // minisign's .pub format; the upgrade agent verifies bundles with it.

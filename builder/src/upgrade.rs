@@ -31,6 +31,11 @@ pub struct Bundle {
     /// The first 12 hex digits of the root image's sha256: what the node
     /// compares with the root it runs to decide whether there is anything new.
     pub version: String,
+    /// The profile it was built from: a node stages only its own profile's bundles.
+    pub profile: String,
+    /// When it was built (SOURCE_DATE_EPOCH): a node refuses an older build than
+    /// the one it runs, so a replayed old (but signed) bundle cannot downgrade it.
+    pub source_date_epoch: u64,
     pub root: BundleFile,
     pub kernel: BundleFile,
     pub initrd: BundleFile,
@@ -101,6 +106,8 @@ fn bundle_file(out_dir: &Path, rel: &str) -> Result<BundleFile> {
 /// as an upgrade bundle and writes `out_dir/upgrade.json`.
 pub fn write_upgrade_json(
     out_dir: &Path,
+    profile: &str,
+    epoch: u64,
     root: &RootImage,
     cmdline: &BTreeMap<String, String>,
 ) -> Result<Bundle> {
@@ -110,6 +117,8 @@ pub fn write_upgrade_json(
             .get(..12)
             .context("the root image's sha256 is shorter than 12 digits")?
             .to_owned(),
+        profile: profile.to_owned(),
+        source_date_epoch: epoch,
         root: BundleFile {
             file: "netboot/root.squashfs".into(),
             sha256: root.sha256.clone(),
@@ -164,7 +173,7 @@ mod tests {
             ("a".to_owned(), "console=ttyS0 labimg.slot=a".to_owned()),
             ("b".to_owned(), "console=ttyS0 labimg.slot=b".to_owned()),
         ]);
-        let b = write_upgrade_json(dir.path(), &root, &cmdline).unwrap();
+        let b = write_upgrade_json(dir.path(), "p", 1, &root, &cmdline).unwrap();
         assert_eq!(b.version, "abababababab");
         // sha256("kernel") and sha256(""), as sha256sum prints them.
         assert_eq!(
@@ -210,7 +219,7 @@ mod tests {
             sha256: "00".repeat(32),
             verity: verity(),
         };
-        let b = write_upgrade_json(dir.path(), &root, &BTreeMap::new()).unwrap();
+        let b = write_upgrade_json(dir.path(), "p", 1, &root, &BTreeMap::new()).unwrap();
         let kernel = "6923dd1bc0460082c5d55a831908c24a282860b7f1cd6c2b79cf1bc8857c639c";
         let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert_eq!(
@@ -229,7 +238,7 @@ mod tests {
 
         // Without netboot/rpi (Proxmox) there is no rpi_boot key at all.
         std::fs::remove_dir_all(dir.path().join("netboot/rpi")).unwrap();
-        let b = write_upgrade_json(dir.path(), &root, &BTreeMap::new()).unwrap();
+        let b = write_upgrade_json(dir.path(), "p", 1, &root, &BTreeMap::new()).unwrap();
         assert_eq!(b.rpi_boot, None);
         let text = std::fs::read_to_string(dir.path().join("upgrade.json")).unwrap();
         assert!(!text.contains("rpi_boot"), "{text}");
@@ -248,7 +257,7 @@ mod tests {
             verity: verity(),
         };
         let cmdline = BTreeMap::from([("a".to_owned(), "x=\"y z\"".to_owned())]);
-        let err = write_upgrade_json(dir.path(), &root, &cmdline).unwrap_err();
+        let err = write_upgrade_json(dir.path(), "p", 1, &root, &cmdline).unwrap_err();
         assert!(format!("{err:#}").contains("slot a"), "{err:#}");
     }
 }

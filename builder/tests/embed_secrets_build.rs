@@ -55,6 +55,9 @@ hostname = "pve-e2"
 mac = "bc:24:11:00:00:e2"
 role = "agent"
 
+[upgrade]
+url = "http://10.0.0.2:8080/bundles/embed"
+
 [outputs]
 formats = ["qcow2"]
 "#,
@@ -84,6 +87,12 @@ formats = ["qcow2"]
     )
     .unwrap();
 
+    // Private: the folder and the image, like the token they carry.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o700);
+    assert_eq!(mode(&out.join("embed.qcow2")), 0o600);
+
     // Nothing for the LAN: only the disk image and the build's records.
     assert!(!out.join("netboot").exists(), "netboot/ was written");
     assert!(
@@ -100,6 +109,11 @@ formats = ["qcow2"]
         ["embed.qcow2", "embed.spdx.json", "manifest.json"],
         "{sums}"
     );
+
+    // It does not pull the shared bundle, whose root has no secrets.
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(manifest.contains("labimg.root="), "{manifest}");
+    assert!(!manifest.contains("labimg.upgrade="), "{manifest}");
 
     // The token is in the root slot of the disk: read it back with host tools.
     let raw = dir.path().join("disk.raw");
@@ -161,6 +175,24 @@ formats = ["qcow2"]
         },
     )
     .unwrap_err();
-    assert!(format!("{err:#}").contains("--node pve-e9"), "{err:#}");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("--node pve-e9") && text.contains("pve-e1, pve-e2"),
+        "{text}"
+    );
     assert!(!dir.path().join("never").exists());
+    // Secrets without a node would make one image for every machine: refused.
+    let err = build(
+        &profile,
+        &BuildOptions {
+            out_dir: Some(dir.path().join("never")),
+            embed_secrets: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("--embed-secrets needs --node"),
+        "{err:#}"
+    );
 }

@@ -111,9 +111,10 @@ async fn image_file(
     Path((profile, file)): Path<(String, String)>,
     req: Request,
 ) -> Response {
+    // One name: a percent-encoded `/` must not reach netboot/'s sub-folders.
     match s.cfg.images.netboot_dir(&profile) {
-        Ok(dir) => serve_under(dir, &file, req).await,
-        Err(_) => text(StatusCode::NOT_FOUND, "not found\n"),
+        Ok(dir) if is_plain_name(&file) => serve_under(dir, &file, req).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
@@ -130,6 +131,9 @@ async fn bundle_file(
 }
 
 async fn ipxe_file(State(s): S, Path(file): Path<String>, req: Request) -> Response {
+    if !is_plain_name(&file) {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
     let dir = s.cfg.ipxe_dir.clone();
     let name = if file == "ipxe.efi" && !dir.join("ipxe.efi").exists() {
         "ipxe-amd64.efi".to_string()

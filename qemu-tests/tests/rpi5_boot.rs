@@ -108,6 +108,7 @@ fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
         "labimg: root verified",
         "labimg: root mounted",
         "labimg: stage2 start",
+        "labimg: kernel ready",
         "labimg: state created",
         "labimg: state mounted",
         "labimg: network up",
@@ -119,6 +120,18 @@ fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
         "k3s-stand-in: hostname=pi-cp-1",
         "k3s-stand-in: done, powering off",
     ]);
+    // The arm64 kernel loads every module k3s and Cilium need, and takes the sysctls.
+    log.assert_absent("MISSING");
+    log.assert_absent("labimg: WARNING: modules failed");
+    for want in [
+        "k3s-stand-in: module overlay loaded",
+        "k3s-stand-in: module br_netfilter loaded",
+        "k3s-stand-in: module vxlan loaded",
+        "k3s-stand-in: sysctl net.ipv4.ip_forward=1",
+        "k3s-stand-in: sysctl net.bridge.bridge-nf-call-iptables=1",
+    ] {
+        assert_eq!(log.lines_with(want).len(), 1, "{want:?} missing");
+    }
     // The config's keys come in the renderer's order: check them as a set.
     let config: Vec<String> = log.lines_with("k3s-stand-in: config| ");
     for want in [

@@ -286,7 +286,7 @@ fn upgrade_ab_refuses_a_bundle_its_signature_does_not_vouch_for() {
     log.assert_absent("labimg: upgrade started");
 
     // The intact bundle with its signature removed: unsigned is refused too.
-    std::fs::write(bundle.join("upgrade.json"), original).unwrap();
+    std::fs::write(bundle.join("upgrade.json"), &original).unwrap();
     std::fs::copy(v2.join("SHA256SUMS"), bundle.join("SHA256SUMS")).unwrap();
     std::fs::remove_file(bundle.join("SHA256SUMS.minisig")).unwrap();
     let log = node.boot();
@@ -295,6 +295,34 @@ fn upgrade_ab_refuses_a_bundle_its_signature_does_not_vouch_for() {
         "labimg: k3s starting role=server",
     ]);
     log.assert_absent("labimg: upgrade started");
+
+    // Validly signed, but the wrong bundle: another profile's, or an older build
+    // (a replayed release) — refused, so a signature alone cannot repurpose or
+    // downgrade a node.
+    let original = String::from_utf8(original).unwrap();
+    for (from, to, refusal) in [
+        (
+            "\"profile\": \"proxmox\"",
+            "\"profile\": \"other-cluster\"",
+            "labimg: upgrade refused: the bundle is for profile 'other-cluster', this node runs profile 'proxmox'",
+        ),
+        (
+            "\"source_date_epoch\": 1700000000",
+            "\"source_date_epoch\": 1600000000",
+            "labimg: upgrade refused: the bundle was built at SOURCE_DATE_EPOCH 1600000000, before the running image (1700000000)",
+        ),
+    ] {
+        assert!(original.contains(from), "{from} not in {original}");
+        std::fs::write(bundle.join("upgrade.json"), original.replace(from, to)).unwrap();
+        resign(&bundle);
+        let log = node.boot();
+        log.assert_in_order(&[
+            "labimg: upgrade signature verified",
+            refusal,
+            "labimg: k3s starting role=server",
+        ]);
+        log.assert_absent("labimg: upgrade started");
+    }
 }
 
 #[test]

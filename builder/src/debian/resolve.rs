@@ -346,6 +346,14 @@ impl Index {
         for (name, c) in chosen {
             let p = self.pkg(c.pick);
             for (field, rel) in p.conflicts()? {
+                // `foo:i386` names a foreign architecture's package: never in this set.
+                if rel
+                    .arch
+                    .as_deref()
+                    .is_some_and(|a| !matches!(a, "any" | "native") && a != self.arch)
+                {
+                    continue;
+                }
                 for (other_name, other) in chosen {
                     if other_name == name {
                         continue;
@@ -562,7 +570,11 @@ mod tests {
                 "trixie".into(),
                 "http://m".into(),
                 vec![
-                    with(pkg("busybox-static", "1.37", "", ""), "busybox", ""),
+                    with(
+                        pkg("busybox-static", "1.37", "", ""),
+                        "busybox, app:i386",
+                        "",
+                    ),
                     pkg("busybox", "1.37", "", ""),
                     pkg("app", "1", "busybox", ""),
                     with(pkg("newlib", "2", "", ""), "", "oldtool (<< 2)"),

@@ -73,8 +73,9 @@ pub struct Profile {
 pub struct Upgrade {
     /// Where nodes look for a newer image at every boot: the HTTP URL of a
     /// `labimg build` output folder, for example
-    /// `http://10.0.0.2:8080/bundles/proxmox` from `labimg serve`, or any static
-    /// server publishing `images/`. Becomes `labimg.upgrade=` on the kernel command line.
+    /// `http://10.0.0.2:8080/bundles/proxmox` from `labimg serve`, or a static
+    /// server publishing that folder's `upgrade.json`, `SHA256SUMS(.minisig)` and
+    /// `netboot/` (never `nodes/`). Becomes `labimg.upgrade=` on the kernel command line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// minisign public key, the base64 line of a `.pub` file from `labimg keygen`.

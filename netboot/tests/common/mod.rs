@@ -83,7 +83,11 @@ pub fn write_sums(dir: &Path) {
         .iter()
         .filter(|o| !o.path.ends_with("evil"))
         .map(|o| format!("{}  {}\n", o.sha256, o.path))
-        .collect();
+        .collect::<String>()
+        // The build lists manifest.json last (it lists the other outputs).
+        + &labimg_builder::debian::cache::hash_file(&dir.join("manifest.json"))
+            .map(|(h, _)| format!("{h}  manifest.json\n"))
+            .unwrap_or_default();
     std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
 }
 
