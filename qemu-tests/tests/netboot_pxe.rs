@@ -245,16 +245,21 @@ fn inventory_node(hostname: &str, mac: &str, role: &str, profile: &str, args: &s
     )
 }
 
-#[test]
-fn x86_64_bios_pxe_with_qemu_ipxe_rom_boots_to_the_k3s_stand_in() {
+/// The proxmox build served by a lab for `flow`, with one server `host` at `mac`.
+fn proxmox_lab(flow: &str, host: &str, mac: &str) -> Lab {
     let out = build_once("proxmox-pxe", PROXMOX).expect("building the proxmox profile");
-    let (host, mac) = ("pxe-cp-1", "52:54:00:77:00:01");
-    let lab = Lab::start(
-        "bios",
+    Lab::start(
+        flow,
         &out,
         "proxmox",
         &inventory_node(host, mac, "server", "proxmox", ""),
-    );
+    )
+}
+
+#[test]
+fn x86_64_bios_pxe_with_qemu_ipxe_rom_boots_to_the_k3s_stand_in() {
+    let (host, mac) = ("pxe-cp-1", "52:54:00:77:00:01");
+    let lab = proxmox_lab("bios", host, mac);
     let vm = Vm::x86_64_bios("netboot-bios")
         .unwrap()
         .tap_net("tap0", mac, None)
@@ -264,14 +269,8 @@ fn x86_64_bios_pxe_with_qemu_ipxe_rom_boots_to_the_k3s_stand_in() {
 
 #[test]
 fn x86_64_uefi_pxe_chains_debian_ipxe_efi_to_the_k3s_stand_in() {
-    let out = build_once("proxmox-pxe", PROXMOX).expect("building the proxmox profile");
     let (host, mac) = ("pxe-cp-1", "52:54:00:77:00:02");
-    let lab = Lab::start(
-        "uefi",
-        &out,
-        "proxmox",
-        &inventory_node(host, mac, "server", "proxmox", ""),
-    );
+    let lab = proxmox_lab("uefi", host, mac);
     // No option ROM: OVMF's own virtio-net driver and PXE client must fetch
     // `ipxe.efi` from our TFTP, which then loads `boot.ipxe` over HTTP.
     let vm = Vm::x86_64_uefi("netboot-uefi")
@@ -288,14 +287,8 @@ fn x86_64_uefi_pxe_chains_debian_ipxe_efi_to_the_k3s_stand_in() {
 
 #[test]
 fn x86_64_uefi_http_boot_fetches_ipxe_over_http_to_the_k3s_stand_in() {
-    let out = build_once("proxmox-pxe", PROXMOX).expect("building the proxmox profile");
     let (host, mac) = ("pxe-cp-1", "52:54:00:77:00:04");
-    let lab = Lab::start(
-        "http",
-        &out,
-        "proxmox",
-        &inventory_node(host, mac, "server", "proxmox", ""),
-    );
+    let lab = proxmox_lab("http", host, mac);
     // No option ROM, and OVMF's PXE (and IPv6) boot options turned off through
     // fw_cfg: the only network boot option left is "UEFI HTTPv4", so OVMF's
     // HttpBootDxe sends option 93 = 16 with `HTTPClient`, and must fetch
