@@ -57,6 +57,97 @@ pub fn build_text_once(name: &str, profile_text: &str, sign_key: Option<&Path>) 
     out
 }
 
+/// Creates `overlay`, a qcow2 copy-on-write layer over `base` (of `base_format`),
+/// optionally bigger than the base (`"4G"`): tests boot it and the image under
+/// test is never modified.
+pub fn qcow2_overlay(
+    base: &Path,
+    base_format: &str,
+    overlay: &Path,
+    size: Option<&str>,
+) -> Result<()> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["create", "-q", "-f", "qcow2", "-F", base_format, "-b"])
+        .arg(base)
+        .arg(overlay)
+        .args(size);
+    run(&mut cmd).map(|_| ())
+}
+
+/// A disk image as raw bytes on the host, with its GPT partitions by name
+/// (`sfdisk --json` is the oracle): what tests read boot files and root slots from.
+pub struct RawDisk {
+    pub raw: PathBuf,
+    /// (name, first sector, sectors)
+    pub parts: Vec<(String, u64, u64)>,
+}
+
+impl RawDisk {
+    /// Converts `image` (qcow2 or raw) to `dir/disk.raw` and reads its table.
+    pub fn from_image(image: &Path, dir: &Path) -> Result<RawDisk> {
+        let raw = dir.join("disk.raw");
+        let _ = std::fs::remove_file(&raw);
+        run(Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(image)
+            .arg(&raw))?;
+        RawDisk::from_raw(raw)
+    }
+
+    /// Reads the partition table of a raw image in place.
+    pub fn from_raw(raw: PathBuf) -> Result<RawDisk> {
+        let table: serde_json::Value =
+            serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&raw))?)?;
+        let parts = table["partitiontable"]["partitions"]
+            .as_array()
+            .context("sfdisk --json lists no partitions")?
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    p["start"].as_u64().unwrap_or_default(),
+                    p["size"].as_u64().unwrap_or_default(),
+                )
+            })
+            .collect();
+        Ok(RawDisk { raw, parts })
+    }
+
+    /// First sector and size in sectors of partition `name`.
+    pub fn part(&self, name: &str) -> Result<(u64, u64)> {
+        self.parts
+            .iter()
+            .find(|p| p.0 == name)
+            .map(|p| (p.1, p.2))
+            .with_context(|| format!("no partition {name}: {:?}", self.parts))
+    }
+
+    /// Copies partition `name` out to `dst`.
+    pub fn extract(&self, name: &str, dst: &Path) -> Result<PathBuf> {
+        let (start, size) = self.part(name)?;
+        run(Command::new("dd")
+            .arg(format!("if={}", self.raw.display()))
+            .arg(format!("of={}", dst.display()))
+            .args(["bs=512", "status=none"])
+            .arg(format!("skip={start}"))
+            .arg(format!("count={size}")))?;
+        Ok(dst.to_owned())
+    }
+}
+
+/// `mcopy`s `file` out of the FAT image `fat` into `dir` (a `/` in `file`
+/// becomes `_`; an earlier copy is replaced).
+pub fn mcopy(fat: &Path, file: &str, dir: &Path) -> Result<PathBuf> {
+    let dst = dir.join(file.replace('/', "_"));
+    let _ = std::fs::remove_file(&dst);
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(fat)
+        .arg(format!("::/{file}"))
+        .arg(&dst))?;
+    Ok(dst)
+}
+
 /// Runs a host tool and returns its stdout, with the command in the error.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
@@ -150,10 +241,7 @@ impl Vm {
     /// overlay so the image under test is never modified.
     pub fn virtio_disk(mut self, image: &Path, format: &str) -> Result<Vm> {
         let overlay = self.work.path().join("disk-overlay.qcow2");
-        run(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
-            .arg(image)
-            .arg(&overlay))?;
+        qcow2_overlay(image, format, &overlay, None)?;
         self.args.extend([
             "-drive".into(),
             format!("file={},if=none,id=hd0,format=qcow2", overlay.display()),
@@ -171,22 +259,10 @@ impl Vm {
     /// Attaches a disk on VirtIO SCSI (Proxmox's default controller), through a
     /// throw-away 4 GiB qcow2 overlay: the image under test is never modified,
     /// and the disk is bigger than the image, as after `qm resize`.
-    pub fn scsi_disk(mut self, image: &Path, format: &str) -> Result<Vm> {
+    pub fn scsi_disk(self, image: &Path, format: &str) -> Result<Vm> {
         let overlay = self.work.path().join("disk-overlay.qcow2");
-        run(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
-            .arg(image)
-            .arg(&overlay)
-            .arg("4G"))?;
-        self.args.extend([
-            "-device".into(),
-            "virtio-scsi-pci,id=scsi0".into(),
-            "-drive".into(),
-            format!("file={},if=none,id=hd0,format=qcow2", overlay.display()),
-            "-device".into(),
-            "scsi-hd,drive=hd0,bus=scsi0.0".into(),
-        ]);
-        Ok(self)
+        qcow2_overlay(image, format, &overlay, Some("4G"))?;
+        Ok(self.scsi_existing_overlay(&overlay))
     }
 
     /// A VirtIO NIC on QEMU's built-in user network (DHCP inside QEMU; the

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use labimg_qemu_tests::{SerialLog, Vm, build_profile_file_once, run, target_dir, workspace_root};
+use labimg_qemu_tests::{
+    RawDisk, SerialLog, Vm, build_profile_file_once, mcopy, run, target_dir, workspace_root,
+};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -238,45 +240,19 @@ fn boot_x86(out: &Path, name: &str, mac: &str) -> Boot {
 
 /// The Pi 5 image as raw (for reading its boot partition), in `dir`.
 fn pi_raw(out: &Path, dir: &Path) -> PathBuf {
-    let raw = dir.join("disk.raw");
-    run(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(qcow2(out))
-        .arg(&raw))
-    .unwrap();
-    raw
+    RawDisk::from_image(&qcow2(out), dir).unwrap().raw
 }
 
 /// Copies `file` out of the raw image's boot-a FAT partition into `dir`.
 fn boot_a_file(raw: &Path, dir: &Path, file: &str) -> PathBuf {
     let fat = dir.join("boot-a.img");
     if !fat.exists() {
-        let table: serde_json::Value =
-            serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(raw)).unwrap())
-                .unwrap();
-        let part = table["partitiontable"]["partitions"]
-            .as_array()
+        RawDisk::from_raw(raw.to_path_buf())
             .unwrap()
-            .iter()
-            .find(|p| p["name"] == "boot-a")
-            .expect("boot-a partition")
-            .clone();
-        run(Command::new("dd")
-            .arg(format!("if={}", raw.display()))
-            .arg(format!("of={}", fat.display()))
-            .args(["bs=512", "status=none"])
-            .arg(format!("skip={}", part["start"]))
-            .arg(format!("count={}", part["size"])))
-        .unwrap();
+            .extract("boot-a", &fat)
+            .unwrap();
     }
-    let dst = dir.join(file);
-    run(Command::new("mcopy")
-        .arg("-i")
-        .arg(&fat)
-        .arg(format!("::/{file}"))
-        .arg(&dst))
-    .unwrap();
-    dst
+    mcopy(&fat, file, dir).unwrap()
 }
 
 /// Boots the Pi 5 image on aarch64 `virt` as the node with `mac`: the kernel,

@@ -2,10 +2,9 @@
 //! stand-in with the configuration the profile asked for, and a tampered
 //! root slot stops the boot with a verification message.
 
-use std::process::Command;
 use std::time::Duration;
 
-use labimg_qemu_tests::{Vm, build_once, run};
+use labimg_qemu_tests::{RawDisk, Vm, build_once};
 
 const MAC: &str = "52:54:00:12:34:56";
 
@@ -145,26 +144,14 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
 fn proxmox_image_with_a_tampered_root_slot_stops_with_a_verification_error() {
     let out = build_once("proxmox", &profile()).expect("building the proxmox profile");
     let scratch = tempfile::tempdir().unwrap();
-    let raw = scratch.path().join("tampered.raw");
-    run(Command::new("qemu-img")
-        .args(["convert", "-O", "raw"])
-        .arg(image_name(&out))
-        .arg(&raw))
-    .unwrap();
-    let table: serde_json::Value =
-        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&raw)).unwrap())
-            .unwrap();
-    let part = table["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "root-a")
-        .expect("root-a partition");
+    let disk = RawDisk::from_image(&image_name(&out), scratch.path()).unwrap();
+    let raw = disk.raw.clone();
+    let (root_start, _) = disk.part("root-a").unwrap();
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     let root_size = manifest["root_image"]["size"].as_u64().unwrap();
     // One byte in the middle of the squashfs: a real bit-rot or tamper.
-    let offset = part["start"].as_u64().unwrap() * 512 + root_size / 2;
+    let offset = root_start * 512 + root_size / 2;
     {
         use std::io::{Read, Seek, SeekFrom, Write};
         let mut f = std::fs::OpenOptions::new()

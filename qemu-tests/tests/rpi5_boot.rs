@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use labimg_qemu_tests::{Vm, build_once, run};
+use labimg_qemu_tests::{RawDisk, Vm, build_once, mcopy};
 
 const MAC: &str = "52:54:00:12:34:57";
 
@@ -41,48 +41,19 @@ fn raw_image(out: &Path, dir: &Path) -> PathBuf {
     raw
 }
 
-/// Copies the boot-a FAT partition out of `raw` and returns its path.
-fn boot_partition(raw: &Path, dir: &Path) -> PathBuf {
-    let table: serde_json::Value =
-        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(raw)).unwrap()).unwrap();
-    let part = table["partitiontable"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "boot-a")
-        .expect("boot-a partition")
-        .clone();
-    let img = dir.join("boot-a.img");
-    run(Command::new("dd")
-        .arg(format!("if={}", raw.display()))
-        .arg(format!("of={}", img.display()))
-        .args(["bs=512", "status=none"])
-        .arg(format!("skip={}", part["start"]))
-        .arg(format!("count={}", part["size"])))
-    .unwrap();
-    img
-}
-
-fn mcopy(fat: &Path, file: &str, dir: &Path) -> PathBuf {
-    let dst = dir.join(file);
-    run(Command::new("mcopy")
-        .arg("-i")
-        .arg(fat)
-        .arg(format!("::/{file}"))
-        .arg(&dst))
-    .unwrap();
-    dst
-}
-
 #[test]
 fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
     let out = build_once("pi5", PROFILE).expect("building the pi5 profile");
     let scratch = tempfile::tempdir().unwrap();
     let raw = raw_image(&out, scratch.path());
-    let boot = boot_partition(&raw, scratch.path());
-    let kernel = mcopy(&boot, "kernel_2712.img", scratch.path());
-    let initrd = mcopy(&boot, "initramfs.img", scratch.path());
-    let cmdline = std::fs::read_to_string(mcopy(&boot, "cmdline.txt", scratch.path())).unwrap();
+    let boot = RawDisk::from_raw(raw.clone())
+        .unwrap()
+        .extract("boot-a", &scratch.path().join("boot-a.img"))
+        .unwrap();
+    let kernel = mcopy(&boot, "kernel_2712.img", scratch.path()).unwrap();
+    let initrd = mcopy(&boot, "initramfs.img", scratch.path()).unwrap();
+    let cmdline =
+        std::fs::read_to_string(mcopy(&boot, "cmdline.txt", scratch.path()).unwrap()).unwrap();
     // The Pi 5's debug UART is ttyAMA10; virt's PL011 is ttyAMA0.
     assert!(
         cmdline.starts_with("console=ttyAMA10,115200 "),

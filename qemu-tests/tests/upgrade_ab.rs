@@ -13,10 +13,11 @@
 //! whose signed `SHA256SUMS` vouches for its `upgrade.json`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use labimg_qemu_tests::{SerialLog, Vm, build_text_once, run, serve_dir_http, test_signing_key};
+use labimg_qemu_tests::{
+    SerialLog, Vm, build_text_once, qcow2_overlay, serve_dir_http, test_signing_key,
+};
 
 const MAC: &str = "52:54:00:12:34:57";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -70,12 +71,7 @@ struct Node {
 impl Node {
     fn new(name: &'static str, v1: &Path, bundle: PathBuf, scratch: tempfile::TempDir) -> Node {
         let overlay = scratch.path().join("disk.qcow2");
-        run(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(v1.join("proxmox.qcow2"))
-            .arg(&overlay)
-            .arg("4G"))
-        .unwrap();
+        qcow2_overlay(&v1.join("proxmox.qcow2"), "qcow2", &overlay, Some("4G")).unwrap();
         Node {
             name,
             overlay,

@@ -17,11 +17,13 @@
 //! that does not match its sha256: the agent refuses it and leaves boot-b
 //! empty, so no tryboot could start the half-written slot.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use labimg_qemu_tests::{SerialLog, Vm, build_once, run, serve_dir_http};
+use labimg_qemu_tests::{
+    RawDisk, SerialLog, Vm, build_once, mcopy, qcow2_overlay, run, serve_dir_http,
+};
 
 const MAC: &str = "52:54:00:12:34:58";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(400);
@@ -98,71 +100,6 @@ fn boot(
     log
 }
 
-/// The overlay as a raw image, and its partitions by GPT name (start, size in
-/// sectors).
-struct Disk {
-    raw: PathBuf,
-    parts: Vec<(String, u64, u64)>,
-}
-
-impl Disk {
-    fn read(overlay: &Path, dir: &Path) -> Disk {
-        let raw = dir.join("disk.raw");
-        let _ = std::fs::remove_file(&raw);
-        run(Command::new("qemu-img")
-            .args(["convert", "-O", "raw"])
-            .arg(overlay)
-            .arg(&raw))
-        .unwrap();
-        let table: serde_json::Value =
-            serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(&raw)).unwrap())
-                .unwrap();
-        let parts = table["partitiontable"]["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p["name"].as_str().unwrap_or_default().to_owned(),
-                    p["start"].as_u64().unwrap(),
-                    p["size"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        Disk { raw, parts }
-    }
-
-    /// Copies partition `name` out to `dst`.
-    fn partition(&self, name: &str, dst: &Path) -> PathBuf {
-        let (_, start, size) = self
-            .parts
-            .iter()
-            .find(|p| p.0 == name)
-            .unwrap_or_else(|| panic!("no partition {name}: {:?}", self.parts));
-        run(Command::new("dd")
-            .arg(format!("if={}", self.raw.display()))
-            .arg(format!("of={}", dst.display()))
-            .args(["bs=512", "status=none"])
-            .arg(format!("skip={start}"))
-            .arg(format!("count={size}")))
-        .unwrap();
-        dst.to_owned()
-    }
-}
-
-/// `mcopy`s `file` out of the FAT image `fat` into `dir`.
-fn mcopy(fat: &Path, file: &str, dir: &Path) -> PathBuf {
-    let dst = dir.join(file.replace('/', "_"));
-    let _ = std::fs::remove_file(&dst);
-    run(Command::new("mcopy")
-        .arg("-i")
-        .arg(fat)
-        .arg(format!("::/{file}"))
-        .arg(&dst))
-    .unwrap();
-    dst
-}
-
 fn sha256_prefix(path: &Path, bytes: u64) -> String {
     use sha2::Digest;
     use std::io::Read;
@@ -185,11 +122,7 @@ fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path();
     let overlay = dir.join("disk.qcow2");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(v1.join("pi5.qcow2"))
-        .arg(&overlay))
-    .unwrap();
+    qcow2_overlay(&v1.join("pi5.qcow2"), "qcow2", &overlay, None).unwrap();
     let port = serve_dir_http(v2.clone());
 
     // Boot 1: v1 from slot A (netboot/rpi/ is boot-a's content) stages v2 into slot B.
@@ -241,19 +174,19 @@ fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
 
     // The disk as the firmware would find it.
     let t = Instant::now();
-    let disk = Disk::read(&overlay, dir);
+    let disk = RawDisk::from_image(&overlay, dir).unwrap();
     let names: Vec<&str> = disk.parts.iter().map(|p| p.0.as_str()).collect();
     assert_eq!(
         names,
         ["autoboot", "boot-a", "boot-b", "root-a", "root-b", "STATE"]
     );
-    let autoboot = disk.partition("autoboot", &dir.join("autoboot.img"));
+    let autoboot = disk.extract("autoboot", &dir.join("autoboot.img")).unwrap();
     assert_eq!(
-        std::fs::read_to_string(mcopy(&autoboot, "autoboot.txt", dir)).unwrap(),
+        std::fs::read_to_string(mcopy(&autoboot, "autoboot.txt", dir).unwrap()).unwrap(),
         "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n",
         "staging must not touch autoboot.txt"
     );
-    let boot_b = disk.partition("boot-b", &dir.join("boot-b.img"));
+    let boot_b = disk.extract("boot-b", &dir.join("boot-b.img")).unwrap();
     let rpi2 = v2.join("netboot/rpi");
     let listed = meta["rpi_boot"]
         .as_object()
@@ -267,13 +200,13 @@ fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
         assert!(listed.contains_key(f), "{f} not in rpi_boot: {listed:?}");
     }
     for f in listed.keys() {
-        let got = std::fs::read(mcopy(&boot_b, f, dir)).unwrap();
+        let got = std::fs::read(mcopy(&boot_b, f, dir).unwrap()).unwrap();
         assert!(
             got == std::fs::read(rpi2.join(f)).unwrap(),
             "boot-b/{f} differs from v2's"
         );
     }
-    let cmdline_b = std::fs::read_to_string(mcopy(&boot_b, "cmdline.txt", dir)).unwrap();
+    let cmdline_b = std::fs::read_to_string(mcopy(&boot_b, "cmdline.txt", dir).unwrap()).unwrap();
     assert_eq!(
         cmdline_b,
         format!("{}{TRIAL_ARGS}\n", meta["cmdline"]["b"].as_str().unwrap())
@@ -282,13 +215,13 @@ fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
         cmdline_b.contains("labimg.root=PARTLABEL=root-b"),
         "{cmdline_b}"
     );
-    let root_b = disk.partition("root-b", &dir.join("root-b.img"));
+    let root_b = disk.extract("root-b", &dir.join("root-b.img")).unwrap();
     assert_eq!(
         sha256_prefix(&root_b, meta["root"]["size"].as_u64().unwrap()),
         meta["root"]["sha256"].as_str().unwrap()
     );
-    let kernel = mcopy(&boot_b, "kernel_2712.img", dir);
-    let initrd = mcopy(&boot_b, "initramfs.img", dir);
+    let kernel = mcopy(&boot_b, "kernel_2712.img", dir).unwrap();
+    let initrd = mcopy(&boot_b, "initramfs.img", dir).unwrap();
     for p in [&autoboot, &boot_b, &root_b, &disk.raw] {
         std::fs::remove_file(p).unwrap();
     }
@@ -325,15 +258,15 @@ fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
     );
 
     // Committed: slot B is the default, slot A the tryboot one; no trial arguments.
-    let disk = Disk::read(&overlay, dir);
-    let autoboot = disk.partition("autoboot", &dir.join("autoboot.img"));
+    let disk = RawDisk::from_image(&overlay, dir).unwrap();
+    let autoboot = disk.extract("autoboot", &dir.join("autoboot.img")).unwrap();
     assert_eq!(
-        std::fs::read_to_string(mcopy(&autoboot, "autoboot.txt", dir)).unwrap(),
+        std::fs::read_to_string(mcopy(&autoboot, "autoboot.txt", dir).unwrap()).unwrap(),
         "[all]\ntryboot_a_b=1\nboot_partition=3\n[tryboot]\nboot_partition=2\n"
     );
-    let boot_b = disk.partition("boot-b", &dir.join("boot-b.img"));
+    let boot_b = disk.extract("boot-b", &dir.join("boot-b.img")).unwrap();
     assert_eq!(
-        std::fs::read_to_string(mcopy(&boot_b, "cmdline.txt", dir)).unwrap(),
+        std::fs::read_to_string(mcopy(&boot_b, "cmdline.txt", dir).unwrap()).unwrap(),
         format!("{}\n", meta["cmdline"]["b"].as_str().unwrap())
     );
     run(Command::new("fsck.vfat").arg("-n").arg(&autoboot)).unwrap();
@@ -365,11 +298,7 @@ fn upgrade_rpi5_refuses_a_corrupt_root_and_leaves_boot_b_unbootable() {
     std::fs::write(bundle.join("netboot/root.squashfs"), root).unwrap();
 
     let overlay = dir.join("disk.qcow2");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(v1.join("pi5.qcow2"))
-        .arg(&overlay))
-    .unwrap();
+    qcow2_overlay(&v1.join("pi5.qcow2"), "qcow2", &overlay, None).unwrap();
     let rpi1 = v1.join("netboot/rpi");
     let log = boot(
         "upgrade-rpi5-corrupt",
@@ -392,17 +321,17 @@ fn upgrade_rpi5_refuses_a_corrupt_root_and_leaves_boot_b_unbootable() {
 
     // boot-b has no config.txt (a tryboot would not start a half-written slot),
     // and autoboot.txt is as built.
-    let disk = Disk::read(&overlay, dir);
-    let boot_b = disk.partition("boot-b", &dir.join("boot-b.img"));
+    let disk = RawDisk::from_image(&overlay, dir).unwrap();
+    let boot_b = disk.extract("boot-b", &dir.join("boot-b.img")).unwrap();
     let listing = run(Command::new("mdir")
         .args(["-b", "-i"])
         .arg(&boot_b)
         .arg("::/"))
     .unwrap();
     assert!(listing.trim().is_empty(), "boot-b is not empty: {listing}");
-    let autoboot = disk.partition("autoboot", &dir.join("autoboot.img"));
+    let autoboot = disk.extract("autoboot", &dir.join("autoboot.img")).unwrap();
     assert_eq!(
-        std::fs::read_to_string(mcopy(&autoboot, "autoboot.txt", dir)).unwrap(),
+        std::fs::read_to_string(mcopy(&autoboot, "autoboot.txt", dir).unwrap()).unwrap(),
         "[all]\ntryboot_a_b=1\nboot_partition=2\n[tryboot]\nboot_partition=3\n"
     );
 }
