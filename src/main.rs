@@ -160,7 +160,8 @@ struct ServeArgs {
     /// State folder for leases and per-node tokens.
     #[arg(long, default_value = "/var/lib/labimg")]
     state_dir: PathBuf,
-    /// iPXE binaries (default: <images>/ipxe).
+    /// iPXE binaries (default: <images>/ipxe as it is when it holds all of them, else
+    /// <state-dir>/ipxe, fetched from Debian; the images folder is never written).
     #[arg(long)]
     ipxe_dir: Option<PathBuf>,
     /// Serve only profiles whose SHA256SUMS this minisign public key signed and whose

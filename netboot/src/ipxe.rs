@@ -2,7 +2,7 @@
 //! `ipxe` package through the builder's verified Debian source (signed `InRelease` →
 //! `Packages` → `.deb` SHA-256), so nothing unverified is ever chained to by a node.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use labimg_builder::debian::{Archive, Cache, DEFAULT_MIRROR, extract_deb};
@@ -32,6 +32,49 @@ pub const FILES: &[(&str, &[&str])] = &[
         &["usr/lib/ipxe/ipxe-arm64.efi", "boot/ipxe-arm64.efi"],
     ),
 ];
+
+/// Where `labimg serve` takes the iPXE binaries from, and whether it may write there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The folder TFTP and HTTP serve the binaries from.
+    pub dir: PathBuf,
+    /// False for a complete `<images>/ipxe`: the images folder may be mounted
+    /// read-only, so serve never writes into it.
+    pub fetch: bool,
+}
+
+/// Chooses the iPXE folder: `--ipxe-dir` when given (filled if incomplete); else
+/// `<images>/ipxe` as it is when it already holds every file of [`FILES`] (an
+/// operator's copy, or one an older labimg wrote there); else `<state-dir>/ipxe`,
+/// filled from Debian. The images folder is never written to, so read-only images
+/// (the shipped systemd unit, the container) still get their binaries.
+pub fn locate(explicit: Option<&Path>, images: &Path, state_dir: &Path) -> Location {
+    if let Some(dir) = explicit {
+        return Location {
+            dir: dir.to_path_buf(),
+            fetch: true,
+        };
+    }
+    let legacy = images.join("ipxe");
+    if present(&legacy) {
+        return Location {
+            dir: legacy,
+            fetch: false,
+        };
+    }
+    if legacy.exists() {
+        tracing::warn!(
+            "{} lacks some of the iPXE binaries and is ignored (it is never written to); \
+             using {}",
+            legacy.display(),
+            state_dir.join("ipxe").display()
+        );
+    }
+    Location {
+        dir: state_dir.join("ipxe"),
+        fetch: true,
+    }
+}
 
 /// True when every file of [`FILES`] is a regular, non-empty file in `dir`.
 pub fn present(dir: &Path) -> bool {
@@ -102,6 +145,45 @@ pub fn write_files(tree: &Tree, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fill(dir: &Path, names: &[&str]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for n in names {
+            std::fs::write(dir.join(n), b"ipxe").unwrap();
+        }
+    }
+
+    /// The default is the state folder; a complete `<images>/ipxe` is used as it is
+    /// (never fetched into); an incomplete one is ignored; `--ipxe-dir` always wins.
+    #[test]
+    fn locate_prefers_state_dir_and_never_writes_images() {
+        let t = tempfile::tempdir().unwrap();
+        let (images, state) = (t.path().join("images"), t.path().join("state"));
+        let state_default = Location {
+            dir: state.join("ipxe"),
+            fetch: true,
+        };
+        assert_eq!(locate(None, &images, &state), state_default);
+        fill(&images.join("ipxe"), &["undionly.kpxe", "ipxe.efi"]);
+        assert_eq!(locate(None, &images, &state), state_default);
+        let all: Vec<&str> = FILES.iter().map(|(n, _)| *n).collect();
+        fill(&images.join("ipxe"), &all);
+        assert_eq!(
+            locate(None, &images, &state),
+            Location {
+                dir: images.join("ipxe"),
+                fetch: false,
+            }
+        );
+        let own = t.path().join("mine");
+        assert_eq!(
+            locate(Some(&own), &images, &state),
+            Location {
+                dir: own.clone(),
+                fetch: true,
+            }
+        );
+    }
 
     /// Against the real mirror: the four binaries arrive as regular files with the
     /// formats firmware expects, and a second call leaves them alone.

@@ -66,7 +66,8 @@ pub struct ServeOptions {
     pub lease_file: Option<PathBuf>,
     /// State directory for tokens and leases (`/var/lib/labimg`).
     pub state_dir: PathBuf,
-    /// iPXE binaries (default `<images>/ipxe`).
+    /// iPXE binaries; `None` chooses with [`ipxe::locate`]: a complete `<images>/ipxe`
+    /// as it is, else `<state-dir>/ipxe`, fetched from Debian when incomplete.
     pub ipxe_dir: Option<PathBuf>,
     /// Most concurrent TFTP transfers (64).
     pub tftp_max_transfers: usize,
@@ -182,6 +183,7 @@ pub async fn serve_async(opts: ServeOptions) -> Result<()> {
             "give --advertise or --interface: the server's IP goes into every boot URL"
         ),
     };
+    let ipxe_loc = ipxe::locate(opts.ipxe_dir.as_deref(), &opts.images, &opts.state_dir);
     let cfg = Config {
         advertise,
         http_port: opts.http_addr.port(),
@@ -189,26 +191,26 @@ pub async fn serve_async(opts: ServeOptions) -> Result<()> {
             dir: opts.images.clone(),
             verifier: verify::for_images(opts.public_key.as_deref(), &opts.images)?,
         },
-        ipxe_dir: opts
-            .ipxe_dir
-            .clone()
-            .unwrap_or_else(|| opts.images.join("ipxe")),
+        ipxe_dir: ipxe_loc.dir.clone(),
     };
     // Fetched before anything listens, so the first PXE client finds its binary. A
     // failure (offline appliance) is logged, not fatal: Raspberry Pis and machines
     // whose binaries are already there still boot.
-    let ipxe_dir = cfg.ipxe_dir.clone();
-    let fetched = tokio::task::spawn_blocking(move || {
-        labimg_builder::debian::Cache::open_default().and_then(|c| ipxe::ensure(&ipxe_dir, c))
-    })
-    .await
-    .context("iPXE fetch task panicked")?;
-    if let Err(e) = fetched {
-        tracing::warn!(
-            "iPXE binaries missing in {} and not fetched: {e:#}",
-            cfg.ipxe_dir.display()
-        );
+    if ipxe_loc.fetch {
+        let (ipxe_dir, state_dir) = (ipxe_loc.dir.clone(), opts.state_dir.clone());
+        let fetched = tokio::task::spawn_blocking(move || {
+            ipxe::ensure(&ipxe_dir, download_cache(&state_dir)?)
+        })
+        .await
+        .context("iPXE fetch task panicked")?;
+        if let Err(e) = fetched {
+            tracing::warn!(
+                "iPXE binaries missing in {} and not fetched: {e:#}",
+                ipxe_loc.dir.display()
+            );
+        }
     }
+    tracing::info!("iPXE binaries from {}", ipxe_loc.dir.display());
     let shared = Shared::new(cfg, inv, &opts.state_dir)?;
     tokio::spawn(inventory::watch(
         opts.inventory.clone(),
@@ -245,4 +247,13 @@ pub async fn serve_async(opts: ServeOptions) -> Result<()> {
     }
     tasks.abort_all();
     Ok(())
+}
+
+/// The download cache for the iPXE package: the builder's default (`$LABIMG_CACHE`,
+/// `$XDG_CACHE_HOME/labimg`, `~/.cache/labimg`), else `<state-dir>/cache` for a
+/// service user without a home.
+fn download_cache(state_dir: &std::path::Path) -> Result<labimg_builder::debian::Cache> {
+    let dir =
+        labimg_builder::debian::Cache::default_dir().unwrap_or_else(|_| state_dir.join("cache"));
+    labimg_builder::debian::Cache::new(dir)
 }
