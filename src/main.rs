@@ -25,8 +25,25 @@ struct Args {
     /// More logging (-v: debug, -vv: trace); `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log line format on stderr: text (an RFC 3339 UTC timestamp, the level, the
+    /// message) or json (one object per line with `timestamp`, `level`, `message`).
+    #[arg(
+        long,
+        global = true,
+        env = "LABIMG_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Which profile, and overrides.
@@ -269,18 +286,27 @@ fn run(args: Args) -> Result<()> {
     }
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    let level = ["info", "debug", "trace"][usize::from(args.verbose.min(2))];
-    tracing_subscriber::fmt()
+/// Logs to stderr with RFC 3339 UTC timestamps (`2026-11-28T09:14:03.123456Z`:
+/// tracing-subscriber's `SystemTime`), which a server's log under podman or in a file
+/// needs; `json` gives one object per line for log collectors.
+fn init_logging(verbose: u8, format: LogFormat) {
+    let level = ["info", "debug", "trace"][usize::from(verbose.min(2))];
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
-        .init();
+        .with_timer(tracing_subscriber::fmt::time::SystemTime)
+        .with_target(false);
+    match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.verbose, args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
