@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::preseed::{self, Destination, RenderOptions};
-use crate::profile::{CniKind, Node, Profile, Role};
+use crate::profile::{CniKind, DEFAULT_NODE_DIR, Node, Profile, Role, UnknownNodes};
 
 /// A rendered node directory: relative path → (contents, mode).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -55,7 +55,10 @@ fn role_name(role: &Role) -> &'static str {
 pub fn k3s_config(profile: &Profile, node: &Node) -> Result<Value> {
     let k = &profile.k3s;
     let mut c = serde_json::Map::new();
-    c.insert("node-name".into(), json!(node.hostname));
+    // An unlisted machine names itself at boot; k3s takes the hostname as node name.
+    if !is_default(node) {
+        c.insert("node-name".into(), json!(node.hostname));
+    }
     if let Some(ip) = node.ip.as_deref().and_then(|ip| ip.split('/').next()) {
         c.insert("node-ip".into(), json!(ip));
     }
@@ -120,11 +123,45 @@ pub fn k3s_config(profile: &Profile, node: &Node) -> Result<Value> {
     Ok(Value::Object(c))
 }
 
+/// The node that stands for every machine the node table does not list
+/// (`cluster.unknown-nodes`), rendered as `nodes/default/`: DHCP, no labels of its
+/// own, a hostname the node derives at boot from `HOSTNAME_PREFIX`.
+pub fn default_node(profile: &Profile) -> Option<Node> {
+    let role = match profile.unknown_nodes() {
+        UnknownNodes::Server => Role::Server,
+        UnknownNodes::Agent => Role::Agent,
+        UnknownNodes::Refuse => return None,
+    };
+    Some(Node {
+        hostname: DEFAULT_NODE_DIR.to_owned(),
+        mac: None,
+        serial: None,
+        role,
+        ip: None,
+        gateway: None,
+        dns: Vec::new(),
+        labels: Default::default(),
+        taints: Vec::new(),
+        kernel_args: Vec::new(),
+    })
+}
+
+/// Whether `node` is [`default_node`] (profile nodes never have that hostname).
+fn is_default(node: &Node) -> bool {
+    node.hostname == DEFAULT_NODE_DIR && node.mac.is_none() && node.serial.is_none()
+}
+
 /// `node.env`: shell variables for the node's init (values single-quoted).
 pub fn node_env(profile: &Profile, node: &Node) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let (hostname, prefix) = if is_default(node) {
+        (String::new(), profile.hostname_prefix().to_owned())
+    } else {
+        (node.hostname.clone(), String::new())
+    };
     let vars = [
-        ("HOSTNAME", node.hostname.clone()),
+        ("HOSTNAME", hostname),
+        ("HOSTNAME_PREFIX", prefix),
         ("ROLE", role_name(&node.role).to_owned()),
         ("IP", node.ip.clone().unwrap_or_default()),
         ("GATEWAY", node.gateway.clone().unwrap_or_default()),
@@ -140,6 +177,10 @@ pub fn node_env(profile: &Profile, node: &Node) -> String {
     let mut out =
         String::from("# Rendered by labimg from the profile; sourced by /usr/lib/labimg/init.\n");
     for (k, v) in vars {
+        // Only the default node's has a prefix: other node.env files stay as they were.
+        if k == "HOSTNAME_PREFIX" && v.is_empty() {
+            continue;
+        }
         out.push_str(&format!("{k}={}\n", q(&v)));
     }
     out
@@ -225,7 +266,9 @@ pub fn render_all_with(
             .as_ref()
             .is_none_or(|only| &n.hostname == only)
     });
-    for node in selected {
+    // A per-node image is for that node alone: no configuration for strangers.
+    let default = default_node(profile).filter(|_| opts.only_node.is_none());
+    for node in selected.chain(default.as_ref()) {
         dirs.push(
             render_with(profile, node, opts, dest)
                 .with_context(|| format!("rendering node {}", node.hostname))?,

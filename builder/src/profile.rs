@@ -25,6 +25,7 @@ mod types;
 use std::path::{Path, PathBuf};
 
 pub use problem::{Location, Problem, ProfileErrors};
+pub use semantic::DEFAULT_NODE_DIR;
 pub use size::{Size, SizeError};
 pub use types::*;
 
@@ -184,6 +185,26 @@ impl Profile {
             Some(first.ip.as_deref()?.split('/').next()?.to_owned())
         })?;
         Some(format!("https://{host}:6443"))
+    }
+
+    /// What a machine the node table does not list does (`cluster.unknown-nodes`,
+    /// defaulting by whether the profile has `[[nodes]]`).
+    pub fn unknown_nodes(&self) -> UnknownNodes {
+        self.cluster
+            .unknown_nodes
+            .unwrap_or(if self.nodes.is_empty() {
+                UnknownNodes::Server
+            } else {
+                UnknownNodes::Refuse
+            })
+    }
+
+    /// The hostname prefix of machines the node table does not name.
+    pub fn hostname_prefix(&self) -> &str {
+        self.cluster
+            .hostname_prefix
+            .as_deref()
+            .unwrap_or(&self.cluster.name)
     }
 
     /// The nodes with the server role.

@@ -330,3 +330,71 @@ fn argocd_takes_extra_ssh_host_keys_through_its_chart_values() {
         json!(format!("{hosts}\n"))
     );
 }
+
+/// The shipped profiles have no `[[nodes]]`: their images carry a `default` node
+/// directory that makes any machine a single-node server named from its MAC or serial.
+#[test]
+fn shipped_profiles_render_a_default_single_node_server() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    for name in ["proxmox", "pi5"] {
+        let p = profile::load(name, &dir, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(p.nodes.is_empty(), "{name} ships without [[nodes]]");
+        let (dirs, index) = nodecfg::render_all(&p).unwrap();
+        assert_eq!(index, "", "{name}: no MAC or serial in the index");
+        assert_eq!(dirs.len(), 1, "{name}: one node directory");
+        let d = node(&dirs, "default");
+        let env = std::str::from_utf8(&d.files["node.env"].0).unwrap();
+        assert!(env.contains("HOSTNAME=''\n"), "{env}");
+        assert!(env.contains("HOSTNAME_PREFIX='homelab'\n"), "{env}");
+        assert!(env.contains("ROLE='server'\n"), "{env}");
+        assert!(env.contains("IP=''\n"), "DHCP: {env}");
+        let c = yaml(d, "k3s/config.yaml");
+        assert!(c.get("node-name").is_none(), "k3s takes the hostname: {c}");
+        assert!(c.get("server").is_none(), "joins nobody: {c}");
+        assert!(
+            c.get("token-file").is_none(),
+            "k3s makes its own token: {c}"
+        );
+        assert_eq!(c["flannel-backend"], json!("none"));
+        assert!(d.files.contains_key("manifests/cilium.yaml"));
+    }
+}
+
+#[test]
+fn unlisted_machines_are_refused_in_a_profile_with_nodes_unless_it_opts_in() {
+    let p = load("proxmox-flux", &[]);
+    let (dirs, _) = nodecfg::render_all(&p).unwrap();
+    assert!(
+        dirs.iter().all(|d| d.hostname != "default"),
+        "refused by default"
+    );
+
+    let p = load(
+        "proxmox-flux",
+        &[
+            "cluster.unknown-nodes=agent",
+            "cluster.hostname-prefix=worker",
+        ],
+    );
+    let (dirs, _) = nodecfg::render_all(&p).unwrap();
+    let d = node(&dirs, "default");
+    let env = std::str::from_utf8(&d.files["node.env"].0).unwrap();
+    assert!(env.contains("ROLE='agent'\n"), "{env}");
+    assert!(env.contains("HOSTNAME_PREFIX='worker'\n"), "{env}");
+    let c = yaml(d, "k3s/config.yaml");
+    assert_eq!(c["server"], json!("https://192.168.10.11:6443"));
+    assert_eq!(c["token-file"], json!("/etc/rancher/k3s/token"));
+    assert!(
+        !d.files.contains_key("manifests/cilium.yaml"),
+        "agents apply no manifests"
+    );
+
+    // A per-node image is for its node alone.
+    let opts = RenderOptions {
+        only_node: Some("pve-w1".into()),
+        ..Default::default()
+    };
+    let (dirs, _) = nodecfg::render_all_with(&p, &opts, Destination::Shared).unwrap();
+    assert_eq!(dirs.len(), 1);
+    assert_eq!(dirs[0].hostname, "pve-w1");
+}

@@ -454,3 +454,53 @@ fn flux_over_ssh_needs_known_hosts_and_they_must_parse() {
     }
     profile::load("ok", dir.path(), &[]).unwrap();
 }
+
+#[test]
+fn unknown_nodes_policies_are_checked_against_the_profile() {
+    let dir = write(&[
+        ("mini.toml", MINIMAL),
+        (
+            "withnodes.toml",
+            r#"extends = "mini.toml"
+name = "withnodes"
+[cluster]
+name = "Home Lab"
+unknown-nodes = "server"
+[[nodes]]
+hostname = "default"
+mac = "52:54:00:00:00:01"
+role = "server"
+"#,
+        ),
+    ]);
+    let e = errors("withnodes", dir.path(), &[]);
+    let got = sorted_problems(&e);
+    assert_eq!(
+        got,
+        vec![
+            ("cluster.name".to_owned(), 4),
+            ("cluster.unknown-nodes".to_owned(), 5),
+            ("nodes[0].hostname".to_owned(), 7),
+        ],
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("withnodes.toml"), "{text}");
+    assert!(
+        text.contains("only allowed in a profile without [[nodes]]"),
+        "{text}"
+    );
+    assert!(text.contains("set cluster.hostname-prefix"), "{text}");
+    assert!(text.contains("reserved"), "{text}");
+
+    // agent needs a token and a server to join.
+    let e = errors("mini", dir.path(), &["cluster.unknown-nodes=agent"]);
+    let text = e.to_string();
+    assert!(text.contains("needs cluster.token"), "{text}");
+    assert!(text.contains("needs a server to join"), "{text}");
+
+    // Without [[nodes]] the default is a single-node server.
+    let p = profile::load("mini", dir.path(), &[]).unwrap();
+    assert_eq!(p.unknown_nodes(), profile::UnknownNodes::Server);
+    assert_eq!(p.hostname_prefix(), "labimg");
+}

@@ -111,6 +111,33 @@ pub struct Cluster {
     /// Virtual IP for the API server, announced by the control planes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vip: Option<String>,
+    /// What the image does on a machine its `[[nodes]]` table does not list (by MAC
+    /// or Pi serial). Default: `"server"` in a profile without `[[nodes]]`, so the
+    /// shipped profiles boot into a cluster on any machine; `"refuse"` in a profile
+    /// with nodes. Such a machine takes its address by DHCP and names itself
+    /// `<hostname-prefix>-<id>` (see `hostname-prefix`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_nodes: Option<UnknownNodes>,
+    /// Hostname prefix of a machine the node table does not name: it calls itself
+    /// `<prefix>-<last 8 hex digits of its Pi serial>` on a Raspberry Pi, else
+    /// `<prefix>-<last 6 hex digits of its MAC>` (for example `homelab-a1b2c3`).
+    /// Default: the cluster `name`. An RFC 1123 label of at most 54 characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname_prefix: Option<String>,
+}
+
+/// `cluster.unknown-nodes`: what a machine that no `[[nodes]]` entry lists does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownNodes {
+    /// Start a single-node K3s server of its own (k3s makes its own token). Only in a
+    /// profile without `[[nodes]]`: every such machine is a separate cluster.
+    Server,
+    /// Join the profile's server as an agent (needs `cluster.token` and a server
+    /// URL: `cluster.server-url`, `cluster.vip` or a server node with a static `ip`).
+    Agent,
+    /// Stop the boot with `FATAL: unknown node mac=… serial=…`.
+    Refuse,
 }
 
 /// The CNI to install.

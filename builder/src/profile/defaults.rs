@@ -81,6 +81,8 @@ impl Default for Cluster {
             server_url: None,
             token: None,
             vip: None,
+            unknown_nodes: None,
+            hostname_prefix: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::defaults;
 use super::problem::Problem;
 use super::source::{SValue, Sources};
-use super::{CniKind, GitopsEngine, Profile, Role};
+use super::{CniKind, GitopsEngine, Profile, Role, UnknownNodes};
 
 /// Collects problems against key paths, then locates them in the source tree.
 struct Report<'a> {
@@ -274,6 +274,7 @@ fn check_cluster(p: &Profile, r: &mut Report<'_>) {
     if let Some(vip) = c.vip.as_deref().filter(|v| v.parse::<IpAddr>().is_err()) {
         r.add("cluster.vip", format!("'{vip}' is not an IP address"));
     }
+    check_unknown_nodes(p, r);
     let servers = p.servers().count();
     let agents = p.nodes.len() - servers;
     if c.token.is_none() && (agents > 0 || servers > 1) {
@@ -370,6 +371,79 @@ fn check_known_hosts(text: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The longest hostname prefix: `<prefix>-<8 hex digits>` must stay a 63-byte label.
+const MAX_HOSTNAME_PREFIX: usize = 63 - 9;
+
+fn check_unknown_nodes(p: &Profile, r: &mut Report<'_>) {
+    let c = &p.cluster;
+    let policy = p.unknown_nodes();
+    match policy {
+        UnknownNodes::Server if !p.nodes.is_empty() => r.add(
+            "cluster.unknown-nodes",
+            "\"server\" makes every unlisted machine a single-node cluster of its own: \
+             it is only allowed in a profile without [[nodes]] (use \"agent\" to let \
+             unlisted machines join this cluster, or \"refuse\")",
+        ),
+        UnknownNodes::Agent => {
+            if c.token.is_none() {
+                r.add(
+                    "cluster.unknown-nodes",
+                    "\"agent\" needs cluster.token: unlisted machines join with it",
+                );
+            }
+            if p.server_url().is_none() {
+                r.add(
+                    "cluster.unknown-nodes",
+                    "\"agent\" needs a server to join: set cluster.server-url or \
+                     cluster.vip, or give a server node a static ip",
+                );
+            }
+        }
+        _ => {}
+    }
+    if policy == UnknownNodes::Refuse {
+        return;
+    }
+    let prefix = p.hostname_prefix();
+    let key = if c.hostname_prefix.is_some() {
+        "cluster.hostname-prefix"
+    } else {
+        "cluster.name"
+    };
+    if !is_hostname(prefix)
+        || prefix.contains('.')
+        || prefix.len() > MAX_HOSTNAME_PREFIX
+        || prefix.chars().any(|c| c.is_ascii_uppercase())
+    {
+        r.add(
+            key,
+            format!(
+                "'{prefix}' cannot prefix the hostnames of unlisted machines: it must be an \
+                 lowercase RFC 1123 label (a-z, 0-9, '-') of at most {MAX_HOSTNAME_PREFIX} \
+                 characters; set cluster.hostname-prefix"
+            ),
+        );
+    }
+    for (i, n) in p.nodes.iter().enumerate() {
+        if n.hostname.eq_ignore_ascii_case(DEFAULT_NODE_DIR) {
+            r.add(
+                &format!("nodes[{i}].hostname"),
+                format!(
+                    "'{DEFAULT_NODE_DIR}' is reserved for the configuration of unlisted \
+                     machines (cluster.unknown-nodes is \"{}\")",
+                    match policy {
+                        UnknownNodes::Server => "server",
+                        _ => "agent",
+                    }
+                ),
+            );
+        }
+    }
+}
+
+/// The node directory unlisted machines use (`nodes/default/` in the image).
+pub const DEFAULT_NODE_DIR: &str = "default";
 
 fn check_nodes(p: &Profile, r: &mut Report<'_>) {
     let mut seen: HashSet<(&str, String)> = HashSet::new();

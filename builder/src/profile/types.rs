@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::cluster::{
     Cluster, Cni, CniKind, Gitops, GitopsEngine, HelmChart, IMAGE_ARCHIVE_SUFFIXES, ImageArchive,
-    K3s, K3sComponent, K3sSha256, Node, Role, SecretSource,
+    K3s, K3sComponent, K3sSha256, Node, Role, SecretSource, UnknownNodes,
 };
 pub use super::size::Size;
 
