@@ -9,9 +9,48 @@ pub fn schema() -> serde_json::Value {
     schemars::schema_for!(Profile).to_value()
 }
 
-/// The JSON schema as checked in at `profiles/profile.schema.json`.
+/// The resolved-profile schema as checked in at `profiles/resolved-profile.schema.json`:
+/// what `labimg profile show --resolved` prints satisfies it (required keys required).
 pub fn schema_json() -> String {
-    let mut s = serde_json::to_string_pretty(&schema()).unwrap_or_default();
+    pretty(&schema())
+}
+
+/// The schema a profile *file* satisfies, for editors (`profiles/profile.schema.json`):
+/// the resolved schema with nothing required, since `extends` can supply any key.
+/// Unknown keys and wrong types are still errors.
+pub fn file_schema() -> Value {
+    fn strip_required(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                map.remove("required");
+                map.values_mut().for_each(strip_required);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip_required),
+            _ => {}
+        }
+    }
+    let mut s = schema();
+    strip_required(&mut s);
+    if let Some(map) = s.as_object_mut() {
+        map.insert("title".into(), "labimg profile file".into());
+        map.insert(
+            "description".into(),
+            "One labimg profile file as written, before `extends` and `--set` are applied: \
+             every key is optional (a parent may supply it), unknown keys are errors. \
+             `labimg profile validate` checks the resolved profile."
+                .into(),
+        );
+    }
+    s
+}
+
+/// [`file_schema`] as checked in at `profiles/profile.schema.json`.
+pub fn file_schema_json() -> String {
+    pretty(&file_schema())
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
     s.push('\n');
     s
 }
@@ -34,7 +73,16 @@ pub fn reference_markdown() -> String {
          <!-- Generated from the profile types by `UPDATE_GOLDEN=1 cargo test -p labimg-builder --test profile_docs`; do not edit. -->\n\n\
          A profile is a TOML file describing one node image (`labimg build --profile <name>` reads\n\
          `profiles/<name>.toml`). `extends` layers it on a parent; `--set key.path=value` overrides\n\
-         any key. The machine-readable form is `profile.schema.json`.\n",
+         any key. The machine-readable forms are `profile.schema.json` (a profile file as\n\
+         written, for editors: every key optional) and `resolved-profile.schema.json` (a\n\
+         resolved profile, `labimg profile show --resolved`).\n\n\
+         ## Editor support\n\n\
+         Every shipped profile starts with `#:schema ./profile.schema.json` (taplo's schema\n\
+         directive, honoured by the Even Better TOML extension for VS Code, taplo's language\n\
+         server in Neovim/Helix/Zed, and tombi), and `.taplo.toml` at the repository root\n\
+         maps `profiles/**/*.toml` to the same schema for profiles without the line: keys are\n\
+         completed and documented as you type, and a typo is underlined before any build.\n\
+         Start your own profile with the same line (a path relative to the file).\n",
     );
     md.section("", "Top level", &schema);
     md.out
