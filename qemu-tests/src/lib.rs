@@ -541,6 +541,30 @@ impl Vm {
         self
     }
 
+    /// A VirtIO NIC on tap device `tap` that the firmware does not boot from (the
+    /// disk does): the node's own DHCP client uses it.
+    pub fn tap_nic(mut self, tap: &str, mac: &str) -> Vm {
+        self.args.extend([
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+        ]);
+        self
+    }
+
+    /// Attaches an existing qcow2 `overlay` as VirtIO block (like
+    /// [`Vm::virtio_disk`]), so a test can boot the same disk again.
+    pub fn virtio_existing_overlay(mut self, overlay: &Path) -> Vm {
+        self.args.extend([
+            "-drive".into(),
+            format!("file={},if=none,id=hd0,format=qcow2", overlay.display()),
+            "-device".into(),
+            "virtio-blk-pci,drive=hd0".into(),
+        ]);
+        self
+    }
+
     /// Runs QEMU inside network namespace `ns` (`ip netns exec` execs QEMU, so
     /// stopping the child stops QEMU).
     pub fn in_netns(mut self, ns: &str) -> Vm {
@@ -613,4 +637,21 @@ pub fn serve_dir_http(root: PathBuf) -> u16 {
         }
     });
     port
+}
+
+/// Decompresses a build's `<profile>.raw.xz` (from `out`, a build folder) into
+/// `dir` and returns the raw image's path (xz writes it sparse).
+pub fn raw_image(out: &Path, dir: &Path) -> PathBuf {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let name = manifest["profile"].as_str().unwrap();
+    let raw = dir.join(format!("{name}.raw"));
+    let status = Command::new("xz")
+        .args(["-dc", "-T0"])
+        .arg(out.join(format!("{name}.raw.xz")))
+        .stdout(Stdio::from(File::create(&raw).unwrap()))
+        .status()
+        .expect("running xz");
+    assert!(status.success(), "xz -dc failed: {status}");
+    raw
 }

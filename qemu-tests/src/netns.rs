@@ -81,6 +81,63 @@ impl Netns {
     }
 }
 
+/// Debian's dnsmasq as the LAN's DHCP server (no DNS, no TFTP) inside a
+/// namespace: the "home router" a node gets its address from. Stopped on drop.
+pub struct DhcpServer {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Netns {
+    /// Starts dnsmasq on the bridge, leasing `first`..`last` (a /24) for an hour.
+    pub fn dnsmasq_dhcp(&self, first: &str, last: &str) -> Result<DhcpServer> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("dnsmasq.log");
+        let child = self
+            .command("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--user=root",
+                "--log-dhcp",
+                "--log-facility=-",
+                "--bind-interfaces",
+            ])
+            .arg(format!("--interface={}", self.bridge))
+            .arg(format!("--dhcp-range={first},{last},255.255.255.0,1h"))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.path().join("leases").display()
+            ))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting dnsmasq (Debian package dnsmasq)")?;
+        Ok(DhcpServer {
+            child,
+            log,
+            _dir: dir,
+        })
+    }
+}
+
+impl DhcpServer {
+    /// What dnsmasq logged so far (its DHCP exchanges, with --log-dhcp).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DhcpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace takes its bridge and taps with it.

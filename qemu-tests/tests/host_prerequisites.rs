@@ -86,7 +86,7 @@ fn every_program_the_tests_call_is_listed_in_host_tools() {
     let listed: BTreeSet<String> = host_tools().into_iter().map(|(w, _)| w).collect();
     let root = workspace_root();
     let mut files = Vec::new();
-    for dir in ["builder", "netboot", "qemu-tests", "src"] {
+    for dir in ["builder", "netboot", "qemu-tests", "src", "tests"] {
         sources(&root.join(dir), &mut files);
     }
     assert!(files.len() > 50, "found only {} source files", files.len());

@@ -4,12 +4,9 @@
 //! not emulate) and the whole disk is attached as VirtIO block, so root slot A,
 //! its verification and STATE are the image's real ones.
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use labimg_qemu_tests::{RawDisk, Vm, build_once, mcopy};
+use labimg_qemu_tests::{RawDisk, Vm, build_once, mcopy, raw_image};
 
 const MAC: &str = "52:54:00:12:34:57";
 
@@ -24,22 +21,6 @@ mac = "52:54:00:12:34:57"
 role = "server"
 labels = { "topology.kubernetes.io/zone" = "shelf-1" }
 "#;
-
-/// Decompresses `<profile>.raw.xz` into `dir` (xz writes it sparse).
-fn raw_image(out: &Path, dir: &Path) -> PathBuf {
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    let name = manifest["profile"].as_str().unwrap();
-    let raw = dir.join(format!("{name}.raw"));
-    let status = Command::new("xz")
-        .args(["-dc", "-T0"])
-        .arg(out.join(format!("{name}.raw.xz")))
-        .stdout(Stdio::from(File::create(&raw).unwrap()))
-        .status()
-        .expect("running xz");
-    assert!(status.success(), "xz -dc failed: {status}");
-    raw
-}
 
 #[test]
 fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
