@@ -70,6 +70,39 @@ pub fn decompress(path: &Path, data: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Every value of `key` in a module's `.modinfo` strings (`alias=` appears once
+/// per alias; `softdep=` once per soft dependency line).
+pub fn modinfo_values(module: &[u8], key: &str) -> Vec<String> {
+    let needle = format!("\0{key}=");
+    let needle = needle.as_bytes();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(pos) = module[at..].windows(needle.len()).position(|w| w == needle) {
+        let start = at + pos + needle.len();
+        let end = module[start..]
+            .iter()
+            .position(|&b| b == 0)
+            .map_or(module.len(), |e| start + e);
+        out.push(String::from_utf8_lossy(&module[start..end]).into_owned());
+        at = end;
+    }
+    out
+}
+
+/// What busybox `modprobe` (and the kernel's on-demand loading through it) reads
+/// besides `modules.dep`: depmod's `modules.alias` and `modules.softdep`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModuleIndex {
+    /// `modules.dep`.
+    pub dep: String,
+    /// `modules.alias`: `alias <pattern> <module>` per line, so that a request for
+    /// `nft-chain-2-nat` or `rtnl-link-dummy` finds its module.
+    pub alias: String,
+    /// `modules.softdep`: `softdep <module> pre: … post: …` per line (kmod's format;
+    /// busybox ignores it, so labimg preloads what matters).
+    pub softdep: String,
+}
+
 /// The `depends=` list from a module's `.modinfo` strings.
 pub fn modinfo_depends(module: &[u8]) -> Vec<String> {
     // .modinfo is a run of NUL-terminated `key=value` strings; scanning the
@@ -246,10 +279,17 @@ impl KernelModules {
     /// Renders `modules.dep` (depmod's text format) for every module, so that
     /// busybox `modprobe` works on the node.
     pub fn modules_dep(&self, tree: &Tree) -> Result<String> {
+        Ok(self.index(tree)?.dep)
+    }
+
+    /// Renders `modules.dep`, `modules.alias` and `modules.softdep` in one pass over
+    /// every module (each is decompressed once).
+    pub fn index(&self, tree: &Tree) -> Result<ModuleIndex> {
         let names: Vec<&String> = self.modules.keys().collect();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let chunk = names.len().div_ceil(threads).max(1);
-        let deps: Vec<Result<Vec<DirectDeps>>> = std::thread::scope(|s| {
+        type Info = (DirectDeps, Vec<String>, Vec<String>);
+        let deps: Vec<Result<Vec<Info>>> = std::thread::scope(|s| {
             let handles: Vec<_> = names
                 .chunks(chunk)
                 .map(|part| {
@@ -263,7 +303,11 @@ impl KernelModules {
                                     .unwrap_or_default();
                                 let data = decompress(rel, raw)
                                     .with_context(|| format!("decompressing {}", rel.display()))?;
-                                Ok(((*n).clone(), modinfo_depends(&data)))
+                                Ok((
+                                    ((*n).clone(), modinfo_depends(&data)),
+                                    modinfo_values(&data, "alias"),
+                                    modinfo_values(&data, "softdep"),
+                                ))
                             })
                             .collect()
                     })
@@ -275,8 +319,17 @@ impl KernelModules {
                 .collect()
         });
         let mut direct = BTreeMap::new();
+        let (mut alias, mut softdep) = (String::new(), String::new());
         for part in deps {
-            direct.extend(part?);
+            for ((name, depends), aliases, softdeps) in part? {
+                for a in aliases {
+                    alias.push_str(&format!("alias {a} {name}\n"));
+                }
+                for d in softdeps {
+                    softdep.push_str(&format!("softdep {name} {d}\n"));
+                }
+                direct.insert(name, depends);
+            }
         }
         let mut out = String::new();
         for (name, rel) in &self.modules {
@@ -298,7 +351,11 @@ impl KernelModules {
             }
             out.push('\n');
         }
-        Ok(out)
+        Ok(ModuleIndex {
+            dep: out,
+            alias,
+            softdep,
+        })
     }
 }
 
@@ -393,6 +450,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("did you mean 'squashfs'"), "{err}");
+    }
+
+    #[test]
+    fn modinfo_aliases_and_softdeps_are_all_read() {
+        let m = b"\x7fELF\0alias=nft-chain-2-nat\0depends=nf_tables\0alias=nft-chain-10-nat\0softdep=pre: nf_nat\0";
+        assert_eq!(
+            modinfo_values(m, "alias"),
+            ["nft-chain-2-nat", "nft-chain-10-nat"]
+        );
+        assert_eq!(modinfo_values(m, "softdep"), ["pre: nf_nat"]);
+        assert!(modinfo_values(m, "firmware").is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod disk;
 pub mod fs;
 pub mod initramfs;
 pub mod inputs;
+pub mod kconfig;
 pub mod kmod;
 pub mod manifest;
 pub mod nodecfg;

@@ -182,6 +182,73 @@ fn etc_files(tree: &mut Tree, profile: &Profile) -> Result<()> {
     Ok(())
 }
 
+/// Paths of a conventional host that k3s, containerd, kubelet and Cilium write to,
+/// as symlinks from the read-only root (or the tmpfs `/etc`) into STATE; stage 2
+/// creates their targets every boot. `builder/node/HOST-CONTRACT.md` says who needs
+/// each and why.
+pub const HOST_LINKS: &[(&str, &str)] = &[
+    // k3s's node password (and --with-node-id's id): a new one every boot would get
+    // the node rejected by its server after any reboot.
+    ("etc/rancher/node", "/var/lib/labimg/rancher-node"),
+    // The CNI plugin and config folders containerd reads with flannel off, pointed at
+    // the ones k3s uses, where Cilium's chart is told to install (preseed/cilium.rs).
+    ("opt/cni/bin", "/var/lib/rancher/k3s/data/cni"),
+    ("etc/cni/net.d", "/var/lib/rancher/k3s/agent/etc/cni/net.d"),
+    // kubelet's and the controller manager's FlexVolume folder.
+    ("usr/libexec/kubernetes", "/var/lib/labimg/kubernetes"),
+    // Runtime state belongs on /run, never on STATE (stage 2 enforces it each boot).
+    ("var/run", "../run"),
+    ("var/lock", "../run/lock"),
+];
+
+/// The host layout k3s and Cilium expect: [`HOST_LINKS`], and `/sbin/modprobe` (the
+/// kernel's `CONFIG_MODPROBE_PATH`, and what k3s's own unit runs) as busybox's
+/// modprobe, which reads the `modules.dep`/`modules.alias` written below.
+fn host_layout(tree: &mut Tree) -> Result<()> {
+    for (link, target) in HOST_LINKS {
+        if let Some(parent) = Path::new(link).parent() {
+            tree.mkdir_all(parent)?;
+        }
+        tree.insert_symlink(*link, *target)?;
+    }
+    if !tree.contains("usr/sbin/modprobe") {
+        anyhow::ensure!(
+            tree.contains("usr/bin/modprobe"),
+            "busybox has no modprobe applet: the kernel could not load modules on demand"
+        );
+        tree.insert_symlink("usr/sbin/modprobe", "../bin/modprobe")?;
+    }
+    Ok(())
+}
+
+/// Where stage 2 reads the profile's `[[services]]`: `<name> <program> <args…>` a line.
+pub const SERVICES_FILE: &str = "usr/lib/labimg/services";
+
+/// Writes [`SERVICES_FILE`], after checking every program is in the image (so a
+/// missing package fails the build, not the node).
+fn host_services(tree: &mut Tree, profile: &Profile) -> Result<()> {
+    if profile.services.is_empty() {
+        return Ok(());
+    }
+    let mut out =
+        String::from("# [[services]] of the profile: name program args (stage 2 runs each)\n");
+    for (i, s) in profile.services.iter().enumerate() {
+        let prog = s.command.first().map(String::as_str).unwrap_or_default();
+        let found = tree
+            .get_follow(prog.trim_start_matches('/'))
+            .is_some_and(|e| e.data().is_some());
+        anyhow::ensure!(
+            found,
+            "services[{i}] ({}): {prog} is not in the image: add the Debian package that \
+             provides it to debian.packages",
+            s.name
+        );
+        out.push_str(&format!("{} {}\n", s.name, s.command.join(" ")));
+    }
+    tree.insert_file(SERVICES_FILE, out, 0o644)?;
+    Ok(())
+}
+
 fn node_os(tree: &mut Tree, profile: &Profile, render: &RenderOptions) -> Result<usize> {
     use node_files::*;
     tree.insert_file("usr/lib/labimg/init", STAGE2, 0o755)?;
@@ -234,6 +301,14 @@ pub const RUNTIME_MODULES: &[&str] = &[
     "xt_TPROXY",
     "xt_CT",
     "xt_set",
+    // kube-proxy's iptables rules (its iptables-restore is all or nothing).
+    "xt_addrtype",
+    "xt_multiport",
+    "xt_statistic",
+    "xt_physdev",
+    "xt_nat",
+    "ipt_REJECT",
+    "ip6t_REJECT",
     "ip_set",
     "vxlan",
     "geneve",
@@ -254,6 +329,10 @@ pub const DEFAULT_SYSCTLS: &[(&str, &str)] = &[
     ("kernel.panic_on_oops", "1"),
     ("net.bridge.bridge-nf-call-ip6tables", "1"),
     ("net.bridge.bridge-nf-call-iptables", "1"),
+    // Cilium's sysctlfix would write these for its interfaces into /etc/sysctl.d,
+    // a tmpfs here that nothing applies: labimg sets them and turns sysctlfix off.
+    ("net.ipv4.conf.all.rp_filter", "0"),
+    ("net.ipv4.conf.default.rp_filter", "0"),
     ("net.ipv4.ip_forward", "1"),
     ("net.ipv6.conf.all.forwarding", "1"),
     ("vm.overcommit_memory", "1"),
@@ -339,16 +418,20 @@ pub fn assemble_rootfs(
     unpack(&mut tree, packages)?;
     unpack(&mut tree, kernel)?;
     let (kernel_version, kernel_image) = take_kernel(&mut tree)?;
+    crate::kconfig::check_tree(&tree, &kernel_version)?;
     for p in PRUNE {
         tree.remove(p)?;
     }
     let applets = install_busybox_links(&mut tree)?;
     let certs = ca_bundle(&mut tree)?;
     etc_files(&mut tree, profile)?;
+    host_layout(&mut tree)?;
     let nodes = node_os(&mut tree, profile, render)?;
     let modules = KernelModules::find(&tree)?;
-    let dep = modules.modules_dep(&tree).context("writing modules.dep")?;
-    tree.insert_file(modules.dir.join("modules.dep"), dep, 0o644)?;
+    let index = modules.index(&tree).context("writing modules.dep")?;
+    tree.insert_file(modules.dir.join("modules.dep"), index.dep, 0o644)?;
+    tree.insert_file(modules.dir.join("modules.alias"), index.alias, 0o644)?;
+    tree.insert_file(modules.dir.join("modules.softdep"), index.softdep, 0o644)?;
     kernel_runtime(&mut tree, profile, &modules)?;
     // What the upgrade agent compares a bundle's profile and build time with.
     tree.insert_file(
@@ -357,6 +440,7 @@ pub fn assemble_rootfs(
         0o644,
     )?;
     airgap_images(&mut tree, profile, render)?;
+    host_services(&mut tree, profile)?;
     if let Some(key) = &profile.upgrade.public_key {
         // minisign's .pub format; the upgrade agent verifies bundles with it.
         let text = format!("untrusted comment: labimg upgrade key\n{}\n", key.trim());
@@ -420,6 +504,15 @@ fn take_kernel(tree: &mut Tree) -> Result<(String, Vec<u8>)> {
         );
     };
     let out = (version.clone(), image.clone());
+    // The build configuration stays, where newer Debian kernels keep it (kconfig.rs
+    // checks it; tools on the node find it beside the modules).
+    let config = format!("boot/config-{version}");
+    let kept = format!("usr/lib/modules/{version}/config");
+    if let Some(data) = tree.get(&config).and_then(file)
+        && !tree.contains(&kept)
+    {
+        tree.insert_file(&kept, data, 0o644)?;
+    }
     tree.remove("boot")?;
     tree.mkdir_all("boot")?;
     Ok(out)
@@ -437,6 +530,52 @@ mod tests {
             ["[", "[[", "acpid", "ash", "cat", "zcat"]
         );
         assert!(busybox_applets(b"no table here").is_empty());
+    }
+
+    fn services_profile(dir: &Path, services: &str) -> Result<Profile, String> {
+        let text = format!(
+            r#"name = "s"
+[target]
+arch = "amd64"
+board = "proxmox"
+[k3s]
+version = "v1.36.4+k3s1"
+sha256.amd64 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
+{services}"#
+        );
+        std::fs::write(dir.join("s.toml"), text).unwrap();
+        crate::profile::load("s", dir, &[]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn services_are_checked_in_the_profile_and_against_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = services_profile(
+            dir.path(),
+            "[[services]]\nname = \"Bad Name\"\ncommand = [\"iscsid\", \"-f x\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("services[0].name"), "{e}");
+        assert!(e.contains("must be an absolute path"), "{e}");
+        assert!(e.contains("holds whitespace"), "{e}");
+
+        let p = services_profile(
+            dir.path(),
+            "[[services]]\nname = \"iscsid\"\ncommand = [\"/usr/sbin/iscsid\", \"-f\"]\n",
+        )
+        .unwrap();
+        let mut tree = Tree::new();
+        let e = host_services(&mut tree, &p).unwrap_err().to_string();
+        assert!(e.contains("/usr/sbin/iscsid is not in the image"), "{e}");
+        tree.insert_file("usr/sbin/iscsid", b"\x7fELF".to_vec(), 0o755)
+            .unwrap();
+        host_services(&mut tree, &p).unwrap();
+        let written = tree.get(SERVICES_FILE).and_then(|e| e.data()).unwrap();
+        assert!(
+            String::from_utf8_lossy(written).ends_with("iscsid /usr/sbin/iscsid -f\n"),
+            "{}",
+            String::from_utf8_lossy(written)
+        );
     }
 
     /// A profile with one air-gap archive at `path` pinned to `sha256`.

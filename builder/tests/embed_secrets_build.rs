@@ -49,6 +49,7 @@ mac = "bc:24:11:00:00:e1"
 role = "server"
 ip = "192.168.10.11/24"
 gateway = "192.168.10.1"
+dns = ["192.168.10.1"]
 
 [[nodes]]
 hostname = "pve-e2"

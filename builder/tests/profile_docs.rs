@@ -117,8 +117,8 @@ fn resolved_shipped_profiles_satisfy_the_resolved_schema_and_files_alone_do_not(
     let resolved = jsonschema::validator_for(&docs::schema()).unwrap();
     for name in ["pi5", "proxmox"] {
         let p = labimg_builder::profile::load(name, &profiles_dir(), &[]).unwrap();
-        let v = serde_json::to_value(toml::from_str::<toml::Table>(&p.resolved()).unwrap())
-            .unwrap();
+        let v =
+            serde_json::to_value(toml::from_str::<toml::Table>(&p.resolved()).unwrap()).unwrap();
         let errors = problems(&resolved, &v);
         assert!(errors.is_empty(), "{name} resolved: {errors:#?}");
     }

@@ -504,3 +504,28 @@ role = "server"
     assert_eq!(p.unknown_nodes(), profile::UnknownNodes::Server);
     assert_eq!(p.hostname_prefix(), "labimg");
 }
+
+#[test]
+fn a_static_node_without_name_servers_is_an_error() {
+    let text = format!(
+        "{MINIMAL}{}",
+        r#"[[nodes]]
+hostname = "cp1"
+mac = "bc:24:11:00:00:01"
+role = "server"
+ip = "10.0.0.2/24"
+gateway = "10.0.0.1"
+"#
+    );
+    let dir = write(&[("s.toml", &text)]);
+    let e = errors("s", dir.path(), &[]);
+    assert_eq!(
+        sorted_problems(&e),
+        vec![("nodes[0].ip".to_owned(), 12)],
+        "{e}"
+    );
+    assert!(e.to_string().contains("needs dns"), "{e}");
+    let fixed = format!("{text}dns = [\"10.0.0.1\"]\n");
+    let dir = write(&[("s.toml", &fixed)]);
+    profile::load("s", dir.path(), &[]).unwrap();
+}

@@ -167,6 +167,8 @@ pub struct Vm {
     args: Vec<String>,
     binary: String,
     work: tempfile::TempDir,
+    /// Run QEMU in a new, empty network namespace (`unshare --net`).
+    own_netns: bool,
 }
 
 impl Vm {
@@ -209,6 +211,7 @@ impl Vm {
                 .collect(),
             binary: binary.to_owned(),
             work: tempfile::tempdir()?,
+            own_netns: false,
         })
     }
 
@@ -265,12 +268,15 @@ impl Vm {
         Ok(self.scsi_existing_overlay(&overlay))
     }
 
-    /// A VirtIO NIC on QEMU's built-in user network (DHCP inside QEMU; the
-    /// guest reaches nothing outside it in these tests).
+    /// A VirtIO NIC on QEMU's built-in user network: DHCP with a router and a DNS
+    /// server, like a home LAN (`restrict=on` would leave both out of the lease).
+    /// QEMU runs in a new, empty network namespace, so the guest still reaches
+    /// nothing outside QEMU.
     pub fn user_net(mut self, mac: &str) -> Vm {
+        self.own_netns = true;
         self.args.extend([
             "-netdev".into(),
-            "user,id=n0,restrict=on".into(),
+            "user,id=n0".into(),
             "-device".into(),
             format!("virtio-net-pci,netdev=n0,mac={mac}"),
         ]);
@@ -281,7 +287,13 @@ impl Vm {
     /// or `timeout` passes.
     pub fn boot(self, stop_at: Option<&str>, timeout: Duration) -> Result<SerialLog> {
         let log_path = self.work.path().join("serial.log");
-        let mut cmd = Command::new(&self.binary);
+        let mut cmd = if self.own_netns {
+            let mut c = Command::new("unshare");
+            c.args(["--net", "--", &self.binary]);
+            c
+        } else {
+            Command::new(&self.binary)
+        };
         cmd.args(&self.args)
             .args(["-serial", &format!("file:{}", log_path.display())])
             .stdin(Stdio::null())
@@ -319,6 +331,57 @@ impl Vm {
             powered_off: exited.is_some_and(|s| s.success()),
             elapsed: start.elapsed(),
         })
+    }
+}
+
+/// The host-contract requirements the k3s stand-in checks on the node
+/// (`qemu-tests/stand-in/k3s`, `builder/node/HOST-CONTRACT.md`).
+pub const HOST_CONTRACT: &[&str] = &[
+    "node-password",
+    "machine-id",
+    "var-run",
+    "cni-dirs",
+    "cilium-hostpaths",
+    "modprobe-path",
+    "module-alias",
+    "module-on-demand",
+    "limits",
+    "flexvolume",
+    "resolv-conf",
+];
+
+impl SerialLog {
+    /// Asserts that the stand-in reported every [`HOST_CONTRACT`] requirement as
+    /// `ok` (or `skip` for a name in `skips`, which the contract allows on netboot)
+    /// and none as `FAIL`. Returns each ok line's details by name (`id=…`), for
+    /// comparisons across boots.
+    pub fn assert_host_contract(
+        &self,
+        skips: &[&str],
+    ) -> std::collections::BTreeMap<String, String> {
+        let fails = self.lines_with("k3s-stand-in: contract FAIL");
+        assert!(
+            fails.is_empty(),
+            "host contract broken: {fails:#?}; log: {}",
+            self.keep().display()
+        );
+        let mut details = std::collections::BTreeMap::new();
+        for name in HOST_CONTRACT {
+            let ok = self.lines_with(&format!("k3s-stand-in: contract ok {name}"));
+            let skipped = self.lines_with(&format!("k3s-stand-in: contract skip {name}:"));
+            match (ok.as_slice(), skipped.len()) {
+                ([line], 0) => {
+                    let rest = line.split_once(&format!("contract ok {name}")).unwrap().1;
+                    details.insert(name.to_string(), rest.trim().to_owned());
+                }
+                ([], 1) if skips.contains(name) => {}
+                _ => panic!(
+                    "host contract {name}: expected one ok line, got {ok:?} and skips {skipped:?}; log: {}",
+                    self.keep().display()
+                ),
+            }
+        }
+        details
     }
 }
 

@@ -107,6 +107,8 @@ impl Netns {
             ])
             .arg(format!("--interface={}", self.bridge))
             .arg(format!("--dhcp-range={first},{last},255.255.255.0,1h"))
+            // A home router names itself as DNS server (dnsmasq's DNS is off here).
+            .arg("--dhcp-option=option:dns-server,0.0.0.0")
             .arg(format!(
                 "--dhcp-leasefile={}",
                 dir.path().join("leases").display()

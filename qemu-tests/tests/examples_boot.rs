@@ -161,6 +161,7 @@ impl Boot {
         if !self.log.powered_off {
             self.fail("the VM did not power off by itself");
         }
+        self.log.assert_host_contract(&[]);
     }
 
     fn has(&self, line: &str) -> bool {

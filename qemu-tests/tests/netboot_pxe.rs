@@ -206,6 +206,9 @@ fn pxe_boot(
     ]);
     log.assert_absent("labimg: FATAL");
     log.assert_in_order(&want);
+    // A netbooted node's /var is a tmpfs: its node password lasts one boot (the
+    // contract allows that skip there and nowhere else).
+    log.assert_host_contract(&["node-password"]);
     assert!(
         log.powered_off,
         "{name}: the VM did not power off by itself; serial log {}, server log {}",
@@ -384,6 +387,9 @@ fn netns_server_helper() {
         tftp_addr: format!("{SERVER_IP}:69").parse().unwrap(),
         pool_start: Some("10.77.0.100".parse().unwrap()),
         pool_end: Some("10.77.0.150".parse().unwrap()),
+        // A LAN's DHCP names its DNS server: the node's resolv.conf is part of the
+        // host contract the stand-in checks.
+        dns: vec![SERVER_IP.parse().unwrap()],
         state_dir: dir.join("state"),
         ipxe_dir: Some(PathBuf::from(std::env::var(HELPER_IPXE).unwrap())),
         ..Default::default()

@@ -56,6 +56,7 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
         .boot(None, Duration::from_secs(300))
         .unwrap();
     log.assert_absent("labimg: FATAL");
+    log.assert_host_contract(&[]);
     log.assert_in_order(&[
         "labimg: stage1 start",
         "labimg: modules loaded",

@@ -53,6 +53,7 @@ fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
         .boot(None, Duration::from_secs(300))
         .unwrap();
     log.assert_absent("labimg: FATAL");
+    log.assert_host_contract(&[]);
     log.assert_in_order(&[
         "labimg: stage1 start",
         "labimg: modules loaded",

@@ -46,7 +46,13 @@ fn shipped(name: &str) -> PathBuf {
 }
 
 /// Checks one boot of a shipped image on an unlisted machine with `mac`, on `net`.
-fn assert_default_server(log: &SerialLog, lan: &Lan, net: u8, mac: &str) {
+/// Returns the host contract's details (machine-id, node password digest).
+fn assert_default_server(
+    log: &SerialLog,
+    lan: &Lan,
+    net: u8,
+    mac: &str,
+) -> std::collections::BTreeMap<String, String> {
     let host = format!("homelab-{}", mac.replace(':', "")[6..].to_owned());
     log.assert_absent("labimg: FATAL");
     log.assert_in_order(&[
@@ -90,6 +96,39 @@ fn assert_default_server(log: &SerialLog, lan: &Lan, net: u8, mac: &str) {
         "no power-off; log: {}",
         log.keep().display()
     );
+    log.assert_host_contract(&[])
+}
+
+/// What must survive a reboot (k3s's node password, the machine-id) did, and two
+/// machines do not share them.
+fn assert_kept_across_reboot(
+    first: &std::collections::BTreeMap<String, String>,
+    again: &std::collections::BTreeMap<String, String>,
+    other: &std::collections::BTreeMap<String, String>,
+) {
+    let pw = |c: &std::collections::BTreeMap<String, String>| {
+        c["node-password"]
+            .split(' ')
+            .find(|w| w.starts_with("sha256="))
+            .unwrap()
+            .to_owned()
+    };
+    assert!(first["node-password"].contains("created=yes"), "{first:?}");
+    assert!(again["node-password"].contains("created=no"), "{again:?}");
+    assert_eq!(
+        pw(first),
+        pw(again),
+        "the node password changed across a reboot"
+    );
+    assert_eq!(
+        first["machine-id"], again["machine-id"],
+        "the machine-id changed"
+    );
+    assert_ne!(pw(first), pw(other), "two machines share a node password");
+    assert_ne!(
+        first["machine-id"], other["machine-id"],
+        "two machines share a machine-id"
+    );
 }
 
 #[test]
@@ -112,14 +151,15 @@ fn shipped_proxmox_image_boots_any_vm_into_a_single_node_server() {
         qcow2_overlay(&qcow2, "qcow2", d, Some("4G")).unwrap();
     }
     let first = boot(&disk1, "tap0", "52:54:00:78:00:01", "shipped-pve-1");
-    assert_default_server(&first, &lan, 78, "52:54:00:78:00:01");
+    let c1 = assert_default_server(&first, &lan, 78, "52:54:00:78:00:01");
     first.assert_in_order(&["labimg: state created"]);
     let second = boot(&disk2, "tap1", "52:54:00:78:00:02", "shipped-pve-2");
-    assert_default_server(&second, &lan, 78, "52:54:00:78:00:02");
+    let c2 = assert_default_server(&second, &lan, 78, "52:54:00:78:00:02");
     // The first VM again: same name, its STATE kept.
     let again = boot(&disk1, "tap0", "52:54:00:78:00:01", "shipped-pve-1-again");
-    assert_default_server(&again, &lan, 78, "52:54:00:78:00:01");
+    let c3 = assert_default_server(&again, &lan, 78, "52:54:00:78:00:01");
     again.assert_absent("labimg: state created");
+    assert_kept_across_reboot(&c1, &c3, &c2);
 }
 
 #[test]
@@ -158,10 +198,11 @@ fn shipped_pi5_image_boots_any_board_into_a_single_node_server() {
         qcow2_overlay(&raw, "raw", d, None).unwrap();
     }
     let first = boot(&disk1, "tap0", "52:54:00:79:00:01", "shipped-pi5-1");
-    assert_default_server(&first, &lan, 79, "52:54:00:79:00:01");
+    let c1 = assert_default_server(&first, &lan, 79, "52:54:00:79:00:01");
     let second = boot(&disk2, "tap1", "52:54:00:79:00:02", "shipped-pi5-2");
-    assert_default_server(&second, &lan, 79, "52:54:00:79:00:02");
+    let c2 = assert_default_server(&second, &lan, 79, "52:54:00:79:00:02");
     let again = boot(&disk1, "tap0", "52:54:00:79:00:01", "shipped-pi5-1-again");
-    assert_default_server(&again, &lan, 79, "52:54:00:79:00:01");
+    let c3 = assert_default_server(&again, &lan, 79, "52:54:00:79:00:01");
     again.assert_absent("labimg: state created");
+    assert_kept_across_reboot(&c1, &c3, &c2);
 }

@@ -15,6 +15,10 @@ use super::{PreseedError, RenderOptions, Templates};
 const K3S_LB_HOST: &str = "127.0.0.1";
 /// k3s's `lb-server-port` default.
 const K3S_LB_PORT: u16 = 6444;
+/// Where k3s keeps CNI plugins (a stable folder since k3s-io/k3s#10869).
+pub const CNI_BIN_DIR: &str = "/var/lib/rancher/k3s/data/cni";
+/// Where k3s's containerd reads CNI configuration.
+pub const CNI_CONF_DIR: &str = "/var/lib/rancher/k3s/agent/etc/cni/net.d";
 
 /// The Helm values labimg sets for Cilium on k3s, before the profile's own.
 pub fn default_values(profile: &Profile) -> Value {
@@ -23,6 +27,21 @@ pub fn default_values(profile: &Profile) -> Value {
     let mut v = json!({
         "ipam": { "mode": "kubernetes" },
         "operator": { "replicas": servers.min(2) },
+        // The host contract (builder/node/HOST-CONTRACT.md): the chart's defaults
+        // write to /opt/cni/bin and /etc/cni/net.d and mount a cgroup2 of its own;
+        // on labimg's read-only root the plugin and config go where k3s keeps them
+        // (on STATE; /opt/cni/bin and /etc/cni/net.d link there too), the node has
+        // cgroup2 at /sys/fs/cgroup already, and /etc/sysctl.d is a tmpfs nothing
+        // applies (the node sets rp_filter itself).
+        "cni": {
+            "binPath": CNI_BIN_DIR,
+            "confPath": CNI_CONF_DIR,
+        },
+        "cgroup": {
+            "autoMount": { "enabled": false },
+            "hostRoot": "/sys/fs/cgroup",
+        },
+        "sysctlfix": { "enabled": false },
     });
     if cni.kube_proxy_replacement {
         v["kubeProxyReplacement"] = json!(true);

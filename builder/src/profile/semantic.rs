@@ -48,6 +48,49 @@ pub(crate) fn check(p: &Profile, root: &SValue, sources: &Sources, out: &mut Vec
     check_nodes(p, &mut r);
     check_disk(p, &mut r);
     check_upgrade(p, &mut r);
+    check_services(p, &mut r);
+}
+
+fn check_services(p: &Profile, r: &mut Report<'_>) {
+    let mut seen = HashSet::new();
+    for (i, s) in p.services.iter().enumerate() {
+        let at = |k: &str| format!("services[{i}].{k}");
+        let word = !s.name.is_empty()
+            && s.name.len() <= 32
+            && s.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !s.name.starts_with('-');
+        if !word {
+            r.add(
+                &at("name"),
+                format!(
+                    "'{}' is not a service name (lowercase letters, digits, '-'; at most 32)",
+                    s.name
+                ),
+            );
+        } else if !seen.insert(s.name.as_str()) || s.name == "k3s" {
+            r.add(&at("name"), format!("duplicate service name '{}'", s.name));
+        }
+        match s.command.first() {
+            None => r.add(&at("command"), "the command is empty"),
+            Some(prog) if !prog.starts_with('/') => r.add(
+                &at("command"),
+                format!("'{prog}' must be an absolute path in the image, like /usr/sbin/iscsid"),
+            ),
+            _ => {}
+        }
+        if let Some(arg) = s
+            .command
+            .iter()
+            .find(|a| a.is_empty() || a.contains(char::is_whitespace))
+        {
+            r.add(
+                &at("command"),
+                format!("argument '{arg}' is empty or holds whitespace: give each word apart"),
+            );
+        }
+    }
 }
 
 fn check_upgrade(p: &Profile, r: &mut Report<'_>) {
@@ -503,7 +546,18 @@ fn check_nodes(p: &Profile, r: &mut Report<'_>) {
         }
         if let Some(ip) = &n.ip {
             match parse_cidr(ip) {
-                Ok((addr, _)) => unique(r, "ip", at("ip"), addr.to_string()),
+                Ok((addr, _)) => {
+                    unique(r, "ip", at("ip"), addr.to_string());
+                    // No DHCP, so no name servers unless given: k3s would quietly fall
+                    // back to 8.8.8.8 for its pods, and the node resolve nothing.
+                    if n.dns.is_empty() {
+                        r.add(
+                            &at("ip"),
+                            "a node with a static ip needs dns (its name servers, for \
+                             example dns = [\"192.168.1.1\"]): without DHCP it has none",
+                        );
+                    }
+                }
                 Err(e) => r.add(&at("ip"), e),
             }
         } else if n.gateway.is_some() || !n.dns.is_empty() {

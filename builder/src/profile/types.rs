@@ -64,6 +64,26 @@ pub struct Profile {
     /// Where nodes look for A/B upgrades and which key they must be signed with.
     #[serde(default, skip_serializing_if = "Upgrade::is_unset")]
     pub upgrade: Upgrade,
+    /// Host daemons the node runs beside k3s (labimg's answer to Talos' system
+    /// extensions): for example Longhorn's `iscsid`. Install their Debian packages
+    /// with `debian.packages`; each is started before k3s, restarted with back-off
+    /// (1 s doubling to 60 s) when it exits, and logs to
+    /// `/var/log/labimg/<name>.log` on STATE.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+}
+
+/// `[[services]]`: one daemon supervised beside k3s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Service {
+    /// Name (lowercase letters, digits, `-`), unique: it names the console milestones
+    /// (`labimg: service started name=<name>`) and the log file.
+    pub name: String,
+    /// The program (an absolute path in the image, checked at build time) and its
+    /// arguments (no spaces inside one). It must stay in the foreground, for example
+    /// `["/usr/sbin/iscsid", "-f"]`.
+    pub command: Vec<String>,
 }
 
 /// `[upgrade]`: how nodes find and trust A/B upgrade bundles (the design is in
