@@ -191,7 +191,13 @@ async fn node_config(State(s): S, Path(id): Path<String>, headers: HeaderMap) ->
             );
         }
     };
-    let tar = match crate::images::tar_dir(&dir) {
+    // The node's k3s password, the same at every boot (its /var is a tmpfs).
+    let password = match s.tokens.node_password_for(&node.hostname) {
+        Ok(p) => format!("{p}\n"),
+        Err(e) => return internal(e),
+    };
+    let extra: &[(&str, &[u8])] = &[("k3s/node-password", password.as_bytes())];
+    let tar = match crate::images::tar_dir_with(&dir, extra) {
         Ok(t) => t,
         Err(e) => return internal(e),
     };

@@ -106,6 +106,12 @@ impl Images {
 
 /// Packs a directory as an uncompressed, reproducible tar (sorted, mtime 0, root-owned).
 pub fn tar_dir(dir: &Path) -> Result<Vec<u8>> {
+    tar_dir_with(dir, &[])
+}
+
+/// [`tar_dir`] with `extra` files (relative path, contents; mode 0600) appended, in
+/// folders the directory already has.
+pub fn tar_dir_with(dir: &Path, extra: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     fn walk(base: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let here = base.join(rel);
         let mut entries: Vec<_> = std::fs::read_dir(&here)
@@ -149,6 +155,16 @@ pub fn tar_dir(dir: &Path) -> Result<Vec<u8>> {
             b.append_data(&mut h, &rel, data.as_slice())?;
         }
         // Symlinks are skipped: a bundle must not point anywhere on the node.
+    }
+    for (rel, data) in extra {
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o600);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, rel, *data)?;
     }
     b.into_inner().context("finishing tar")
 }

@@ -1,5 +1,5 @@
-//! Per-node config tokens: generated once, persisted (0600) in the state directory,
-//! plus the record of `once` bundles already handed out.
+//! Per-node config tokens and k3s node passwords: generated once, persisted (0600)
+//! in the state directory, plus the record of `once` bundles already handed out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 struct State {
     tokens: BTreeMap<String, String>,
     consumed: BTreeSet<String>,
+    /// k3s node passwords of netbooted nodes (see [`TokenStore::node_password_for`]).
+    #[serde(default)]
+    node_passwords: BTreeMap<String, String>,
 }
 
 /// Token store backed by `<state-dir>/tokens.json`.
@@ -89,6 +92,24 @@ impl TokenStore {
         Ok(t)
     }
 
+    /// The k3s node password of `hostname`, made once and kept here. A netbooted
+    /// node has no STATE to keep `/etc/rancher/node/password` across reboots, and its
+    /// server refuses a node whose password changed; the config bundle carries this
+    /// one (`k3s/node-password`), so every boot presents the same password.
+    pub fn node_password_for(&self, hostname: &str) -> Result<String> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("token store poisoned"))?;
+        if let Some(p) = st.node_passwords.get(hostname) {
+            return Ok(p.clone());
+        }
+        let p = random_token()?;
+        st.node_passwords.insert(hostname.to_string(), p.clone());
+        self.save(&st)?;
+        Ok(p)
+    }
+
     /// Marks a `once` bundle as served; returns false when it already was.
     pub fn consume(&self, hostname: &str) -> Result<bool> {
         let mut st = self
@@ -124,6 +145,18 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let pw = store.node_password_for("n1").unwrap();
+        assert_eq!(pw.len(), 32);
+        assert_ne!(pw, a, "the password is not the config token");
+        assert_ne!(store.node_password_for("n2").unwrap(), pw);
+        assert_eq!(
+            TokenStore::open(dir.path())
+                .unwrap()
+                .node_password_for("n1")
+                .unwrap(),
+            pw,
+            "kept across restarts"
+        );
         assert!(store.consume("n1").unwrap());
         assert!(!TokenStore::open(dir.path()).unwrap().consume("n1").unwrap());
     }

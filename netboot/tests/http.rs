@@ -174,7 +174,18 @@ async fn config_bundle_needs_the_node_token() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        "k3s/\nk3s/config.yaml\nnode.env\n"
+        "k3s/\nk3s/config.yaml\nnode.env\nk3s/node-password\n"
+    );
+    // The node's k3s password: the same in every bundle for this node.
+    let out = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(&path)
+        .arg("k3s/node-password")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n", f.shared.tokens.node_password_for("cp1").unwrap())
     );
     let out = std::process::Command::new("tar")
         .arg("-xOf")
