@@ -532,17 +532,18 @@ mod tests {
         assert!(busybox_applets(b"no table here").is_empty());
     }
 
-    fn services_profile(dir: &Path, services: &str) -> Result<Profile, String> {
-        let text = format!(
-            r#"name = "s"
+    /// The smallest buildable profile (name `s`), for the tests below to extend.
+    const MINIMAL: &str = r#"name = "s"
 [target]
 arch = "amd64"
 board = "proxmox"
 [k3s]
 version = "v1.36.4+k3s1"
 sha256.amd64 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
-{services}"#
-        );
+"#;
+
+    fn services_profile(dir: &Path, services: &str) -> Result<Profile, String> {
+        let text = format!("{MINIMAL}{services}");
         std::fs::write(dir.join("s.toml"), text).unwrap();
         crate::profile::load("s", dir, &[]).map_err(|e| e.to_string())
     }
@@ -581,20 +582,10 @@ sha256.amd64 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f
     /// A profile with one air-gap archive at `path` pinned to `sha256`.
     fn airgap_profile(dir: &Path, sha256: &str) -> Profile {
         let text = format!(
-            r#"name = "a"
-[target]
-arch = "amd64"
-board = "proxmox"
-[k3s]
-version = "v1.36.4+k3s1"
-sha256.amd64 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
-[[k3s.airgap-images]]
-path = "images/cilium.tar.zst"
-sha256 = "{sha256}"
-"#
+            "{MINIMAL}[[k3s.airgap-images]]\npath = \"images/cilium.tar.zst\"\nsha256 = \"{sha256}\"\n"
         );
-        std::fs::write(dir.join("a.toml"), text).unwrap();
-        crate::profile::load("a", dir, &[]).unwrap()
+        std::fs::write(dir.join("s.toml"), text).unwrap();
+        crate::profile::load("s", dir, &[]).unwrap()
     }
 
     #[test]

@@ -718,3 +718,25 @@ pub fn raw_image(out: &Path, dir: &Path) -> PathBuf {
     assert!(status.success(), "xz -dc failed: {status}");
     raw
 }
+
+/// What QEMU's loader needs to play the Pi 5 firmware for a raw Pi image: the
+/// kernel, initramfs and command line from its `boot-a` partition (extracted into
+/// `dir`), the console moved from the Pi's debug UART (`ttyAMA10`) to `virt`'s PL011
+/// (`ttyAMA0`). Returns `(kernel, initramfs, command line)`.
+pub fn pi5_boot_files(raw: &Path, dir: &Path) -> (PathBuf, PathBuf, String) {
+    let boot = RawDisk::from_raw(raw.to_path_buf())
+        .unwrap()
+        .extract("boot-a", &dir.join("boot-a.img"))
+        .unwrap();
+    let kernel = mcopy(&boot, "kernel_2712.img", dir).unwrap();
+    let initrd = mcopy(&boot, "initramfs.img", dir).unwrap();
+    let cmdline = std::fs::read_to_string(mcopy(&boot, "cmdline.txt", dir).unwrap()).unwrap();
+    assert!(
+        cmdline.starts_with("console=ttyAMA10,115200 "),
+        "cmdline.txt: {cmdline}"
+    );
+    let append = cmdline
+        .trim_end()
+        .replacen("console=ttyAMA10,115200", "console=ttyAMA0", 1);
+    (kernel, initrd, append)
+}

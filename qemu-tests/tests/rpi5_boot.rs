@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use labimg_qemu_tests::{RawDisk, Vm, build_once, mcopy, raw_image};
+use labimg_qemu_tests::{Vm, build_once, pi5_boot_files, raw_image};
 
 const MAC: &str = "52:54:00:12:34:57";
 
@@ -27,22 +27,7 @@ fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
     let out = build_once("pi5", PROFILE).expect("building the pi5 profile");
     let scratch = tempfile::tempdir().unwrap();
     let raw = raw_image(&out, scratch.path());
-    let boot = RawDisk::from_raw(raw.clone())
-        .unwrap()
-        .extract("boot-a", &scratch.path().join("boot-a.img"))
-        .unwrap();
-    let kernel = mcopy(&boot, "kernel_2712.img", scratch.path()).unwrap();
-    let initrd = mcopy(&boot, "initramfs.img", scratch.path()).unwrap();
-    let cmdline =
-        std::fs::read_to_string(mcopy(&boot, "cmdline.txt", scratch.path()).unwrap()).unwrap();
-    // The Pi 5's debug UART is ttyAMA10; virt's PL011 is ttyAMA0.
-    assert!(
-        cmdline.starts_with("console=ttyAMA10,115200 "),
-        "cmdline.txt: {cmdline}"
-    );
-    let append = cmdline
-        .trim_end()
-        .replacen("console=ttyAMA10,115200", "console=ttyAMA0", 1);
+    let (kernel, initrd, append) = pi5_boot_files(&raw, scratch.path());
 
     let log = Vm::aarch64_virt("rpi5-boot")
         .unwrap()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use labimg_qemu_tests::netns::{DhcpServer, Netns};
 use labimg_qemu_tests::{
-    RawDisk, SerialLog, Vm, build_profile_file_once, mcopy, qcow2_overlay, raw_image,
+    SerialLog, Vm, build_profile_file_once, pi5_boot_files, qcow2_overlay, raw_image,
     workspace_root,
 };
 
@@ -167,18 +167,7 @@ fn shipped_pi5_image_boots_any_board_into_a_single_node_server() {
     let out = shipped("pi5");
     let scratch = tempfile::tempdir().unwrap();
     let raw = raw_image(&out, scratch.path());
-    let bootfs = RawDisk::from_raw(raw.clone())
-        .unwrap()
-        .extract("boot-a", &scratch.path().join("boot-a.img"))
-        .unwrap();
-    let kernel = mcopy(&bootfs, "kernel_2712.img", scratch.path()).unwrap();
-    let initrd = mcopy(&bootfs, "initramfs.img", scratch.path()).unwrap();
-    let cmdline =
-        std::fs::read_to_string(mcopy(&bootfs, "cmdline.txt", scratch.path()).unwrap()).unwrap();
-    // The Pi 5's debug UART is ttyAMA10; virt's PL011 is ttyAMA0.
-    let append = cmdline
-        .trim_end()
-        .replacen("console=ttyAMA10,115200", "console=ttyAMA0", 1);
+    let (kernel, initrd, append) = pi5_boot_files(&raw, scratch.path());
     let lan = Lan::start("shipped-pi5", 79);
     let boot = |disk: &Path, tap: &str, mac: &str, name: &str| {
         Vm::aarch64_virt(name)
