@@ -9,19 +9,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use labimg_builder::nodecfg;
-use labimg_builder::profile;
 use serde_json::{Value, json};
 
-fn profiles_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../profiles")
-}
+mod common;
+
+use common::{examples, load_renderable, profiles_dir};
 
 fn schema_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schemas")
 }
-
-/// Overrides an example needs to render (as in `preseed_golden.rs`).
-const OVERRIDES: &[(&str, &str)] = &[("pi5-argocd", "cluster.server-url=https://pi-cp1.lan:6443")];
 
 /// (apiVersion, kind, schema file) for every kind labimg renders.
 const CRDS: &[(&str, &str, &str)] = &[
@@ -193,13 +189,7 @@ fn problems(v: &jsonschema::Validator, doc: &Value) -> Vec<String> {
 
 /// Every example and every shipped profile, by name.
 fn profiles() -> Vec<(String, PathBuf)> {
-    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(profiles_dir().join("examples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .map(|p| (p.file_stem().unwrap().to_str().unwrap().to_owned(), p))
-        .collect();
-    out.sort();
+    let mut out = examples();
     for shipped in ["pi5", "proxmox"] {
         out.push((
             shipped.to_owned(),
@@ -214,13 +204,7 @@ fn profiles() -> Vec<(String, PathBuf)> {
 fn rendered_objects() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for (name, path) in profiles() {
-        let sets: Vec<String> = OVERRIDES
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .map(|(_, s)| (*s).to_owned())
-            .collect();
-        let p = profile::load(path.to_str().unwrap(), &profiles_dir(), &sets)
-            .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", path.display()));
+        let p = load_renderable(&name, &path);
         let (dirs, _) =
             nodecfg::render_all(&p).unwrap_or_else(|e| panic!("{name} does not render: {e:#}"));
         for d in &dirs {

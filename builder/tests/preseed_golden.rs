@@ -5,31 +5,14 @@
 //! rewrites them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use labimg_builder::nodecfg;
 use labimg_builder::preseed::validate_manifest;
-use labimg_builder::profile;
 
-fn profiles_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../profiles")
-}
+mod common;
 
-/// Overrides an example needs to render. pi5-argocd's first server has no
-/// static IP and the profile sets no `cluster.server-url`, so its agents would
-/// not know where to join (`preseed_render::joiners_need_a_server_url`).
-const OVERRIDES: &[(&str, &str)] = &[("pi5-argocd", "cluster.server-url=https://pi-cp1.lan:6443")];
-
-fn examples() -> Vec<(String, PathBuf)> {
-    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(profiles_dir().join("examples"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .map(|p| (p.file_stem().unwrap().to_str().unwrap().to_owned(), p))
-        .collect();
-    out.sort();
-    out
-}
+use common::{examples, load_renderable};
 
 fn files_under(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -57,13 +40,7 @@ fn example_profiles_render_to_their_golden_node_directories() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut failures = Vec::new();
     for (name, path) in &examples {
-        let sets: Vec<String> = OVERRIDES
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, s)| (*s).to_owned())
-            .collect();
-        let p = profile::load(path.to_str().unwrap(), &profiles_dir(), &sets)
-            .unwrap_or_else(|e| panic!("{} does not validate:\n{e}", path.display()));
+        let p = load_renderable(name, path);
         let (dirs, _) =
             nodecfg::render_all(&p).unwrap_or_else(|e| panic!("{name} does not render: {e:#}"));
         let mut rendered = BTreeMap::new();

@@ -79,17 +79,27 @@ impl TokenStore {
         if let Some(t) = given {
             return Ok(t.to_string());
         }
+        self.remembered(hostname, |st| &mut st.tokens)
+    }
+
+    /// `hostname`'s entry of the map `pick` chooses, made (random) and saved on
+    /// first use.
+    fn remembered(
+        &self,
+        hostname: &str,
+        pick: fn(&mut State) -> &mut BTreeMap<String, String>,
+    ) -> Result<String> {
         let mut st = self
             .state
             .lock()
             .map_err(|_| anyhow::anyhow!("token store poisoned"))?;
-        if let Some(t) = st.tokens.get(hostname) {
-            return Ok(t.clone());
+        if let Some(v) = pick(&mut st).get(hostname) {
+            return Ok(v.clone());
         }
-        let t = random_token()?;
-        st.tokens.insert(hostname.to_string(), t.clone());
+        let v = random_token()?;
+        pick(&mut st).insert(hostname.to_string(), v.clone());
         self.save(&st)?;
-        Ok(t)
+        Ok(v)
     }
 
     /// The k3s node password of `hostname`, made once and kept here. A netbooted
@@ -97,17 +107,7 @@ impl TokenStore {
     /// server refuses a node whose password changed; the config bundle carries this
     /// one (`k3s/node-password`), so every boot presents the same password.
     pub fn node_password_for(&self, hostname: &str) -> Result<String> {
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| anyhow::anyhow!("token store poisoned"))?;
-        if let Some(p) = st.node_passwords.get(hostname) {
-            return Ok(p.clone());
-        }
-        let p = random_token()?;
-        st.node_passwords.insert(hostname.to_string(), p.clone());
-        self.save(&st)?;
-        Ok(p)
+        self.remembered(hostname, |st| &mut st.node_passwords)
     }
 
     /// Marks a `once` bundle as served; returns false when it already was.

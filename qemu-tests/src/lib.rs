@@ -731,12 +731,18 @@ pub fn pi5_boot_files(raw: &Path, dir: &Path) -> (PathBuf, PathBuf, String) {
     let kernel = mcopy(&boot, "kernel_2712.img", dir).unwrap();
     let initrd = mcopy(&boot, "initramfs.img", dir).unwrap();
     let cmdline = std::fs::read_to_string(mcopy(&boot, "cmdline.txt", dir).unwrap()).unwrap();
+    (kernel, initrd, pi5_cmdline_on_virt(&cmdline))
+}
+
+/// A Pi 5 `cmdline.txt` as QEMU's `virt` needs it: the console moved from the
+/// Pi's debug UART (`ttyAMA10`, which the image must name first) to the PL011
+/// (`ttyAMA0`).
+pub fn pi5_cmdline_on_virt(cmdline: &str) -> String {
     assert!(
         cmdline.starts_with("console=ttyAMA10,115200 "),
         "cmdline.txt: {cmdline}"
     );
-    let append = cmdline
+    cmdline
         .trim_end()
-        .replacen("console=ttyAMA10,115200", "console=ttyAMA0", 1);
-    (kernel, initrd, append)
+        .replacen("console=ttyAMA10,115200", "console=ttyAMA0", 1)
 }

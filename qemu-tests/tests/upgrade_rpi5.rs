@@ -22,7 +22,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use labimg_qemu_tests::{
-    RawDisk, SerialLog, Vm, build_once, mcopy, qcow2_overlay, run, serve_dir_http,
+    RawDisk, SerialLog, Vm, build_once, mcopy, pi5_cmdline_on_virt, qcow2_overlay, run,
+    serve_dir_http,
 };
 
 const MAC: &str = "52:54:00:12:34:58";
@@ -68,14 +69,7 @@ fn boot(
     initrd: &Path,
     cmdline: &str,
 ) -> SerialLog {
-    // The Pi 5's debug UART is ttyAMA10; virt's PL011 is ttyAMA0.
-    assert!(
-        cmdline.starts_with("console=ttyAMA10,115200 "),
-        "cmdline.txt: {cmdline}"
-    );
-    let append = cmdline
-        .trim_end()
-        .replacen("console=ttyAMA10,115200", "console=ttyAMA0", 1);
+    let append = pi5_cmdline_on_virt(cmdline);
     let netdev = format!(
         "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & cat >&3'"
     );
