@@ -170,6 +170,11 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
 
 /// Async form of [`serve`].
 pub async fn serve_async(opts: ServeOptions) -> Result<()> {
+    // Handlers first: a supervisor (or a test) that sends SIGTERM as soon as it reads
+    // "listening" must get a clean shutdown, not the default action of the signal.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let inv = inventory::Inventory::load(&opts.inventory)?;
     let iface = opts
         .interface
@@ -236,10 +241,8 @@ pub async fn serve_async(opts: ServeOptions) -> Result<()> {
         let server = dhcp::DhcpServer::bind(&opts, shared.clone()).await?;
         tasks.spawn(async move { server.run().await });
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         Some(r) = tasks.join_next() => {
             r.context("service task panicked")??;
