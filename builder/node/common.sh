@@ -1,8 +1,20 @@
 # labimg node OS: functions shared by stage 1 (/init in the initramfs, installed as
-# /lib/labimg/common.sh) and stage 2 (/usr/lib/labimg/init in the root image,
-# installed as /usr/lib/labimg/common.sh). POSIX sh for busybox ash: no bashisms.
+# /lib/labimg/common.sh), stage 2 (/usr/lib/labimg/init in the root image, installed as
+# /usr/lib/labimg/common.sh) and the upgrade agent. POSIX sh for busybox ash: no bashisms.
 #
-# Sourced, never executed. Everything here must work on x86_64 and aarch64.
+# Sourced, never executed. Everything here must work on x86_64 and aarch64. The pure
+# functions are tested on the host under busybox sh (builder/tests/node_common.rs).
+#
+# Names (sh has one namespace and no `local`):
+#   LB_NAME      state shared between functions or scripts: set in one place, read in
+#                others (LB_CMDLINE, boot.env's LB_ROOT_*, node.env as node_env_load
+#                reads it, stage 2's LB_HOSTNAME, the upgrade agent's LB_NEW_*).
+#   NAME         a constant set at the top of a script and never changed (paths).
+#   lowercase    scratch inside one function; in this file they start with labimg_,
+#                so that a helper never clobbers its caller's.
+#   LABIMG_NAME  set by an operator in the environment (LABIMG_UPGRADE_TRIES, ...).
+# node.env's own keys (HOSTNAME=, ROLE=, ...) belong to the builder (nodecfg.rs) and
+# are read in one place, node_env_load.
 
 # Where console lines go. PID 1 always has /dev/console; fall back to stderr so that
 # the functions stay usable from a test shell. /dev/console is the last console= on
@@ -14,13 +26,13 @@ labimg_say() {
 	else
 		printf '%s\n' "$*" >&2
 	fi
-	if [ -z "$LABIMG_TTY0" ] && [ -r /proc/cmdline ]; then
+	if [ -z "$LB_TTY0" ] && [ -r /proc/cmdline ]; then
 		case " $(cat /proc/cmdline) " in
-		*" console=tty0 "*) LABIMG_TTY0=yes ;;
-		*) LABIMG_TTY0=no ;;
+		*" console=tty0 "*) LB_TTY0=yes ;;
+		*) LB_TTY0=no ;;
 		esac
 	fi
-	if [ "$LABIMG_TTY0" = yes ] && [ -c /dev/tty0 ]; then
+	if [ "$LB_TTY0" = yes ] && [ -c /dev/tty0 ]; then
 		printf '%s\n' "$*" >/dev/tty0 2>/dev/null
 	fi
 }
@@ -61,10 +73,10 @@ fatal() {
 	done
 }
 
-# The kernel command line, read once. LABIMG_CMDLINE may be preset (tests).
+# The kernel command line, read once into LB_CMDLINE. LB_CMDLINE may be preset (tests).
 cmdline_load() {
-	if [ -z "${LABIMG_CMDLINE+set}" ]; then
-		LABIMG_CMDLINE=$(cat /proc/cmdline 2>/dev/null)
+	if [ -z "${LB_CMDLINE+set}" ]; then
+		LB_CMDLINE=$(cat /proc/cmdline 2>/dev/null)
 	fi
 }
 
@@ -73,7 +85,7 @@ cmdline_load() {
 cmdline_get() {
 	cmdline_load
 	labimg_val=
-	for labimg_w in $LABIMG_CMDLINE; do
+	for labimg_w in $LB_CMDLINE; do
 		case "$labimg_w" in
 		"$1"=*) labimg_val=${labimg_w#"$1"=} ;;
 		"$1") labimg_val=1 ;;
@@ -176,15 +188,37 @@ find_block_dev() {
 	return 1
 }
 
-# wait_block_dev SPEC SECONDS: like find_block_dev, polling until it appears.
-wait_block_dev() {
-	labimg_tries=$(($2 * 10))
-	while [ "$labimg_tries" -gt 0 ]; do
-		find_block_dev "$1" && return 0
+# poll SECONDS CMD [ARG...]: run CMD every 0.1 s until it succeeds (its output passes
+# through), for at most SECONDS; fails when it never did. For what appears while
+# drivers probe (`poll 10 find_block_dev PARTLABEL=root-a`, `poll 10 first_ether`) and
+# for processes to exit.
+poll() {
+	labimg_poll=$(($1 * 10))
+	shift
+	while [ "$labimg_poll" -gt 0 ]; do
+		"$@" && return 0
 		sleep 0.1
-		labimg_tries=$((labimg_tries - 1))
+		labimg_poll=$((labimg_poll - 1))
 	done
 	return 1
+}
+
+# part_mount SPEC DIR [FSTYPE [OPTIONS]]: mount the partition SPEC (as find_block_dev
+# takes it) on DIR, unless DIR is a mount point already; FSTYPE vfat and OPTIONS
+# rw,noatime unless given (the ESP and the Pi's FAT partitions). Fails when SPEC is
+# not there or mount fails.
+part_mount() {
+	mountpoint -q "$2" && return 0
+	labimg_pm_dev=$(find_block_dev "$1") || return 1
+	mkdir -p "$2"
+	mount -t "${3:-vfat}" -o "${4:-rw,noatime}" "$labimg_pm_dev" "$2" 2>/dev/null
+}
+
+# part_umount DIR: sync and unmount DIR if something is mounted there.
+part_umount() {
+	mountpoint -q "$1" || return 0
+	sync
+	umount "$1"
 }
 
 # first_ether: name of the first ethernet interface (sorted by name, lo and virtual
@@ -195,17 +229,6 @@ first_ether() {
 		[ -e "$labimg_if/device" ] || continue
 		basename "$labimg_if"
 		return 0
-	done
-	return 1
-}
-
-# wait_ether SECONDS: first_ether, polling while the NIC driver probes.
-wait_ether() {
-	labimg_tries=$(($1 * 10))
-	while [ "$labimg_tries" -gt 0 ]; do
-		first_ether && return 0
-		sleep 0.1
-		labimg_tries=$((labimg_tries - 1))
 	done
 	return 1
 }
@@ -222,4 +245,59 @@ net_dhcp() {
 	ip link set "$1" up || return 1
 	udhcpc -i "$1" -s "$2" -n -q -t 10 -T 2 >/dev/null 2>&1 || return 1
 	[ -n "$(if_addr "$1")" ]
+}
+
+# pi_serial FILE: a Raspberry Pi serial number as the devicetree gives it
+# (/sys/firmware/devicetree/base/serial-number): NULs stripped, lowercase.
+pi_serial() {
+	lower "$(tr -d '\000' <"$1")"
+}
+
+# lookup_node NODES KEY...: the node directory name (a folder of NODES) for the first
+# non-empty KEY (lowercase MAC or Pi serial) listed in NODES/index: lines
+# `<mac-or-serial> <name>`, `#` comments, keys compared lowercased.
+lookup_node() {
+	labimg_nodes=$1
+	shift
+	[ -f "$labimg_nodes/index" ] || return 1
+	for labimg_key in "$@"; do
+		[ -n "$labimg_key" ] || continue
+		labimg_name=$(awk -v k="$labimg_key" '$1 !~ /^#/ && tolower($1) == k { print $2; exit }' "$labimg_nodes/index")
+		[ -n "$labimg_name" ] && [ -d "$labimg_nodes/$labimg_name" ] && echo "$labimg_name" && return 0
+	done
+	return 1
+}
+
+# derived_hostname PREFIX SERIAL MAC: the name of a machine the node table does not
+# list: PREFIX-<last 8 hex digits of the Pi serial>, else PREFIX-<last 6 of the MAC>.
+derived_hostname() {
+	if [ -n "$2" ]; then
+		labimg_id=$(printf '%s' "$2" | tail -c 8)
+	elif [ -n "$3" ]; then
+		labimg_id=$(printf '%s' "$3" | tr -d ':' | tail -c 6)
+	else
+		return 1
+	fi
+	echo "$1-$labimg_id"
+}
+
+# node_env_load FILE: source a node.env (the builder's KEY='value' lines, nodecfg.rs)
+# into LB_HOSTNAME, LB_HOSTNAME_PREFIX, LB_ROLE, LB_IP, LB_GATEWAY, LB_DNS,
+# LB_K3S_SHA256 and LB_K3S_URL_SOURCE; a key the file lacks is empty. The keys are the
+# builder's and are read nowhere else; none of them is left set afterwards (the
+# builder also writes K3S_VERSION=, for people, and an always empty EVENTS_URL=).
+# shellcheck disable=SC2034 # the LB_ names are read by stage 2
+node_env_load() {
+	HOSTNAME='' HOSTNAME_PREFIX='' ROLE='' IP='' GATEWAY='' DNS='' K3S_SHA256='' K3S_URL_SOURCE=''
+	# shellcheck disable=SC1090 # a node directory, from the image or labimg.config
+	. "$1"
+	LB_HOSTNAME=$HOSTNAME
+	LB_HOSTNAME_PREFIX=$HOSTNAME_PREFIX
+	LB_ROLE=$ROLE
+	LB_IP=$IP
+	LB_GATEWAY=$GATEWAY
+	LB_DNS=$DNS
+	LB_K3S_SHA256=$K3S_SHA256
+	LB_K3S_URL_SOURCE=$K3S_URL_SOURCE
+	unset HOSTNAME HOSTNAME_PREFIX ROLE IP GATEWAY DNS K3S_SHA256 K3S_URL_SOURCE K3S_VERSION EVENTS_URL
 }
