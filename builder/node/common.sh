@@ -80,6 +80,13 @@ cmdline_load() {
 	fi
 }
 
+# cmdline_add KEY=VALUE: as if KEY=VALUE came last on the command line (for this shell;
+# /proc/cmdline stays as it is).
+cmdline_add() {
+	cmdline_load
+	LB_CMDLINE="$LB_CMDLINE $1"
+}
+
 # cmdline_get KEY: print the value of the last KEY=value on the command line
 # (nothing when absent; a bare KEY prints 1). Values cannot contain spaces.
 cmdline_get() {
