@@ -22,35 +22,6 @@ pub struct NodeDir {
     pub files: BTreeMap<String, (Vec<u8>, u32)>,
 }
 
-/// The first server in the profile's node list bootstraps the cluster
-/// (`cluster-init`); every other node joins it.
-pub fn is_first_server(profile: &Profile, node: &Node) -> bool {
-    profile
-        .nodes
-        .iter()
-        .find(|n| n.role == Role::Server)
-        .map(|n| &n.hostname)
-        == Some(&node.hostname)
-}
-
-/// The URL joiners use: the profile's `cluster.server-url`, else the first
-/// server's static IP.
-pub fn server_url(profile: &Profile) -> Option<String> {
-    if let Some(url) = &profile.cluster.server_url {
-        return Some(url.clone());
-    }
-    let first = profile.nodes.iter().find(|n| n.role == Role::Server)?;
-    let ip = first.ip.as_deref()?.split('/').next()?;
-    Some(format!("https://{ip}:6443"))
-}
-
-fn role_name(role: &Role) -> &'static str {
-    match role {
-        Role::Server => "server",
-        Role::Agent => "agent",
-    }
-}
-
 /// `/etc/rancher/k3s/config.yaml` for one node, as a YAML mapping.
 pub fn k3s_config(profile: &Profile, node: &Node) -> Result<Value> {
     let k = &profile.k3s;
@@ -63,9 +34,9 @@ pub fn k3s_config(profile: &Profile, node: &Node) -> Result<Value> {
         c.insert("node-ip".into(), json!(ip));
     }
     let server = node.role == Role::Server;
-    if server && is_first_server(profile, node) {
+    if server && profile.is_first_server(node) {
         c.insert("cluster-init".into(), json!(true));
-    } else if let Some(url) = server_url(profile) {
+    } else if let Some(url) = profile.server_url() {
         c.insert("server".into(), json!(url));
     }
     if server {
@@ -162,7 +133,7 @@ pub fn node_env(profile: &Profile, node: &Node) -> String {
     let vars = [
         ("HOSTNAME", hostname),
         ("HOSTNAME_PREFIX", prefix),
-        ("ROLE", role_name(&node.role).to_owned()),
+        ("ROLE", node.role.as_str().to_owned()),
         ("IP", node.ip.clone().unwrap_or_default()),
         ("GATEWAY", node.gateway.clone().unwrap_or_default()),
         ("DNS", node.dns.join(" ")),
@@ -214,7 +185,7 @@ pub fn render_with(
     let yaml = serde_saphyr::to_string(&config).context("rendering k3s config.yaml")?;
     let header = format!(
         "# k3s {} config for {} (rendered by labimg)\n",
-        role_name(&node.role),
+        node.role.as_str(),
         node.hostname
     );
     files.insert(
@@ -245,7 +216,6 @@ pub fn render_all_with(
     opts: &RenderOptions,
     dest: Destination,
 ) -> Result<(Vec<NodeDir>, String)> {
-    preseed::check_profile(profile)?;
     if let Some(only) = &opts.only_node
         && !profile.nodes.iter().any(|n| &n.hostname == only)
     {
@@ -273,8 +243,12 @@ pub fn render_all_with(
             render_with(profile, node, opts, dest)
                 .with_context(|| format!("rendering node {}", node.hostname))?,
         );
-        for key in node.mac.iter().chain(node.serial.iter()) {
-            index.push_str(&format!("{} {}\n", key.to_lowercase(), node.hostname));
+        // The node looks itself up by its MAC as the kernel shows it (lowercase,
+        // colons), whichever way the profile wrote it.
+        let mac = node.mac().map(|m| m.to_string());
+        let serial = node.serial.as_deref().map(str::to_ascii_lowercase);
+        for key in mac.iter().chain(serial.iter()) {
+            index.push_str(&format!("{key} {}\n", node.hostname));
         }
     }
     Ok((dirs, index))

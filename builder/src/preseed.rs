@@ -14,7 +14,6 @@ pub mod cilium;
 pub mod gitops;
 pub mod k3s_flags;
 pub mod secrets;
-pub mod topology;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -84,9 +83,6 @@ pub enum PreseedError {
     /// Any other problem with a node's k3s config.
     #[error("node {node}: {message}")]
     K3sConfig { node: String, message: String },
-    /// Address ranges or the join story do not add up.
-    #[error("{0}")]
-    Topology(String),
     /// The vendored chart is not the pinned one.
     #[error(
         "vendored chart {} has sha256 {actual}, but cni.chart.sha256 pins {expected}: refusing a chart that is not the pinned one",
@@ -163,12 +159,6 @@ impl Templates {
         out.push('\n');
         Ok(out)
     }
-}
-
-/// Profile-wide checks done once before any node is rendered.
-pub fn check_profile(profile: &Profile) -> Result<()> {
-    topology::check(profile)?;
-    Ok(())
 }
 
 /// Checks a node's rendered `config.yaml` mapping against k3s's flags for its role.

@@ -16,6 +16,7 @@ mod check;
 mod cluster;
 pub mod defaults;
 pub mod docs;
+pub mod net;
 mod problem;
 mod semantic;
 mod size;
@@ -175,16 +176,26 @@ impl Profile {
             .replace("{binary}", self.k3s_binary_name())
     }
 
-    /// The API server URL: `cluster.server-url`, else `https://<vip or first server IP>:6443`.
+    /// The URL every joining node (agents, servers after the first) is given: the
+    /// profile's `cluster.server-url`, else `https://<first server's static ip>:6443`.
+    ///
+    /// `cluster.vip` is deliberately not a default: nothing in the image announces it,
+    /// so a join address on it would answer nobody. A VIP that something else answers
+    /// (kube-vip, a router) is given as `cluster.server-url = "https://<vip>:6443"`.
     pub fn server_url(&self) -> Option<String> {
         if let Some(url) = &self.cluster.server_url {
             return Some(url.clone());
         }
-        let host = self.cluster.vip.clone().or_else(|| {
-            let first = self.nodes.iter().find(|n| n.role == Role::Server)?;
-            Some(first.ip.as_deref()?.split('/').next()?.to_owned())
-        })?;
-        Some(format!("https://{host}:6443"))
+        match self.servers().next()?.address()?.addr {
+            std::net::IpAddr::V4(ip) => Some(format!("https://{ip}:6443")),
+            std::net::IpAddr::V6(ip) => Some(format!("https://[{ip}]:6443")),
+        }
+    }
+
+    /// The first server in the node list: it bootstraps the cluster (`cluster-init`);
+    /// every other node joins it.
+    pub fn is_first_server(&self, node: &Node) -> bool {
+        self.servers().next().map(|n| &n.hostname) == Some(&node.hostname)
     }
 
     /// What a machine the node table does not list does (`cluster.unknown-nodes`,
@@ -225,12 +236,39 @@ impl Arch {
 
 impl Node {
     /// The static address and prefix length, if `ip` is set and well-formed.
-    pub fn address(&self) -> Option<(std::net::IpAddr, u8)> {
-        semantic::parse_cidr(self.ip.as_deref()?).ok()
+    pub fn address(&self) -> Option<net::Cidr> {
+        net::Cidr::parse(self.ip.as_deref()?).ok()
     }
 
-    /// The MAC address in canonical lowercase `aa:bb:cc:dd:ee:ff` form, if set and well-formed.
-    pub fn mac_normalized(&self) -> Option<String> {
-        semantic::normalize_mac(self.mac.as_deref()?)
+    /// The MAC address, if set and well-formed.
+    pub fn mac(&self) -> Option<net::Mac> {
+        self.mac.as_deref()?.parse().ok()
+    }
+}
+
+impl Role {
+    /// The name k3s and the node OS use (`server`, `agent`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "server" => Ok(Role::Server),
+            "agent" => Ok(Role::Agent),
+            _ => Err(format!("role must be \"server\" or \"agent\", not {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

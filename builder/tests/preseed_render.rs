@@ -120,38 +120,11 @@ fn unknown_k3s_key_is_rejected_with_a_hint() {
     );
 }
 
+/// Joiners get the server URL (checked for at load time, see
+/// `profile_load::topology_problems_are_found_by_validation_at_their_keys`).
 #[test]
-fn overlapping_ranges_and_nodes_inside_them_are_refused() {
-    let p = load("proxmox-flux", &["k3s.service-cidr=10.42.128.0/17"]);
-    let msg = format!("{:#}", nodecfg::render_all(&p).unwrap_err());
-    assert!(
-        msg.contains("overlaps k3s.service-cidr 10.42.128.0/17"),
-        "{msg}"
-    );
-
-    let p = load("proxmox-flux", &["k3s.cluster-cidr=192.168.0.0/16"]);
-    let msg = format!("{:#}", nodecfg::render_all(&p).unwrap_err());
-    assert!(
-        msg.contains("node pve-cp1: ip 192.168.10.11 lies inside k3s.cluster-cidr"),
-        "{msg}"
-    );
-}
-
-#[test]
-fn joiners_need_a_server_url() {
-    // pi5-argocd's control plane takes DHCP: without its server-url, agents
-    // would have nowhere to join.
-    let mut p = load("pi5-argocd", &[]);
-    p.cluster.server_url = None;
-    let msg = format!("{:#}", nodecfg::render_all(&p).unwrap_err());
-    assert!(
-        msg.contains("nodes pi-w1, pi-w2 join the cluster but no server URL is known"),
-        "{msg}"
-    );
-    let p = load(
-        "pi5-argocd",
-        &["cluster.server-url=https://pi-cp1.lan:6443"],
-    );
+fn joiners_get_the_server_url() {
+    let p = load("pi5-argocd", &[]);
     let (dirs, _) = nodecfg::render_all(&p).unwrap();
     assert_eq!(
         yaml(node(&dirs, "pi-w2"), "k3s/config.yaml")["server"],

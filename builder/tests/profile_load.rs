@@ -187,7 +187,10 @@ fn sets_override_values_as_toml_or_as_strings_and_are_checked_too() {
     assert_eq!(p.k3s.version, "v1.33.5+k3s1");
     assert!(p.cni.kube_proxy_replacement);
     assert_eq!(p.disk.size.bytes(), 16 << 30);
-    assert_eq!(p.server_url().as_deref(), Some("https://10.1.1.1:6443"));
+    // One decided rule (Profile::server_url): a VIP nothing in the image announces
+    // is not a join address; server-url is, else the first server's static ip.
+    assert_eq!(p.cluster.vip.as_deref(), Some("10.1.1.1"));
+    assert_eq!(p.server_url(), None);
     let text = errors(
         "proxmox",
         &profiles_dir(),
@@ -244,6 +247,9 @@ role = "agent"
         ("nodes[1].ip", 20),
         ("nodes[2].mac", 23), // same MAC as nodes[1], written differently
         ("cluster.token", 1), // agents need a token; [cluster] is not written at all
+        // cp2 and w1 join, and the first server has no static ip (the build would
+        // stop there; validation says so first)
+        ("cluster.server-url", 1),
     ]
     .iter()
     .map(|(p, l)| (p.to_string(), *l))
@@ -285,12 +291,13 @@ fn shipped_profiles_have_the_expected_shape() {
         .unwrap();
     assert_eq!(ha.servers().count(), 3);
     assert_eq!(ha.gitops.engine, GitopsEngine::Argocd);
+    // The same join address the renderer writes into cp2's and cp3's config.yaml.
     assert_eq!(
         ha.server_url().as_deref(),
-        Some("https://192.168.20.10:6443")
+        Some("https://192.168.20.11:6443")
     );
     assert_eq!(
-        ha.nodes[0].address().map(|(a, l)| (a.to_string(), l)),
+        ha.nodes[0].address().map(|c| (c.addr.to_string(), c.len)),
         Some(("192.168.20.11".into(), 24))
     );
 }
@@ -528,4 +535,76 @@ gateway = "10.0.0.1"
     let fixed = format!("{text}dns = [\"10.0.0.1\"]\n");
     let dir = write(&[("s.toml", &fixed)]);
     profile::load("s", dir.path(), &[]).unwrap();
+}
+
+/// Address ranges and the join story are checked when the profile loads (what
+/// `labimg profile validate` runs, so it catches what the build would), each problem
+/// at its key, all at once.
+#[test]
+fn topology_problems_are_found_by_validation_at_their_keys() {
+    let examples = profiles_dir().join("examples");
+    let flux = examples.join("proxmox-flux.toml");
+    let flux = flux.to_str().unwrap();
+    let e = errors(flux, &profiles_dir(), &["k3s.service-cidr=10.42.128.0/17"]);
+    let text = e.to_string();
+    assert!(
+        text.contains("overlaps k3s.service-cidr 10.42.128.0/17"),
+        "{text}"
+    );
+    assert!(e.0.iter().any(|p| p.path == "k3s.service-cidr"), "{text}");
+
+    let e = errors(flux, &profiles_dir(), &["k3s.cluster-cidr=192.168.0.0/16"]);
+    let text = e.to_string();
+    assert!(
+        text.contains("node pve-cp1: ip 192.168.10.11 lies inside k3s.cluster-cidr"),
+        "{text}"
+    );
+    // Every node with an address in the range, not only the first.
+    let inside: Vec<&str> =
+        e.0.iter()
+            .filter(|p| p.message.contains("lies inside k3s.cluster-cidr"))
+            .map(|p| p.path.as_str())
+            .collect();
+    assert!(
+        inside.len() >= 2 && inside[0].starts_with("nodes["),
+        "{text}"
+    );
+
+    let e = errors(
+        flux,
+        &profiles_dir(),
+        &[
+            "cni.kind=\"cilium\"",
+            "cni.lb-ip-pools=[\"10.43.0.0/24\"]",
+            "cni.l2-announcements=true",
+        ],
+    );
+    let paths: Vec<&str> = e.0.iter().map(|p| p.path.as_str()).collect();
+    assert!(
+        paths.contains(&"cni.lb-ip-pools[0]") && paths.contains(&"cni.l2-announcements"),
+        "{e}"
+    );
+
+    // pi5-argocd's control plane takes DHCP: without its server-url, its agents
+    // would have nowhere to join.
+    let text = std::fs::read_to_string(examples.join("pi5-argocd.toml"))
+        .unwrap()
+        .replace("server-url = \"https://pi-cp1.lan:6443\"\n", "")
+        .replace(
+            "../pi5.toml",
+            profiles_dir().join("pi5.toml").to_str().unwrap(),
+        );
+    let dir = write(&[("pi.toml", &text)]);
+    let path = dir.path().join("pi.toml");
+    let e = errors(path.to_str().unwrap(), dir.path(), &[]);
+    let p =
+        e.0.iter()
+            .find(|p| p.path == "cluster.server-url")
+            .unwrap_or_else(|| panic!("{e}"));
+    assert!(
+        p.message
+            .contains("nodes pi-w1, pi-w2 join the cluster but no server URL is known"),
+        "{e}"
+    );
+    assert!(p.location.file.ends_with("pi.toml"), "{e}");
 }

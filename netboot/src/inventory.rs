@@ -2,60 +2,16 @@
 //! unknown machines get. Parsed from TOML, validated up front, reloaded on change.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-/// An Ethernet MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// The MAC as 12 lowercase hex digits without separators (used in host names).
-    pub fn compact(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl fmt::Debug for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Mac {
-    type Err = String;
-    /// Accepts `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` and `aabbccddeeff`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let digits: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
-        let bytes = hex::decode(&digits).map_err(|_| format!("invalid MAC address {s:?}"))?;
-        let arr: [u8; 6] = bytes
-            .try_into()
-            .map_err(|_| format!("invalid MAC address {s:?}: expected 6 bytes"))?;
-        Ok(Mac(arr))
-    }
-}
-
-impl Serialize for Mac {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+/// The same MAC and role types, and the same host name rule, as a profile's `[[nodes]]`.
+pub use labimg_builder::profile::Role;
+pub use labimg_builder::profile::net::Mac;
+use labimg_builder::profile::net::is_hostname;
 
 /// What to do with a machine that is not in the inventory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -116,8 +72,8 @@ pub struct Node {
     pub mac: Option<Mac>,
     /// Raspberry Pi serial (8 lowercase hex digits), if matched by serial.
     pub serial: Option<String>,
-    /// K3s role, `server` or `agent`.
-    pub role: String,
+    /// K3s role.
+    pub role: Role,
     /// Image profile it boots.
     pub profile: String,
     /// Static IP (a reservation in full DHCP mode).
@@ -189,19 +145,22 @@ impl Inventory {
             let line = line_of(text, spanned.span().start);
             let r = spanned.into_inner();
             let at = format!("{}:{line}: node {:?}", file.display(), r.hostname);
-            if !is_safe_name(&r.hostname) {
-                problems.push(format!("{at}: hostname must be [A-Za-z0-9._-], 1-63 chars"));
+            // It names the node's config folder in a profile's build, whose
+            // [[nodes]] hostnames are RFC 1123 names too.
+            if !is_hostname(&r.hostname) {
+                problems.push(format!(
+                    "{at}: hostname is not an RFC 1123 name (letters, digits, inner '-', \
+                     dot-separated labels of 1-63)"
+                ));
             }
             if !is_safe_name(&r.profile) {
                 problems.push(format!("{at}: invalid profile name {:?}", r.profile));
             }
-            if r.role != "server" && r.role != "agent" {
-                problems.push(format!(
-                    "{at}: role must be \"server\" or \"agent\", not {:?}",
-                    r.role
-                ));
-            }
-            let mac = match r.mac.as_deref().map(Mac::from_str) {
+            let role = r.role.parse::<Role>().unwrap_or_else(|e| {
+                problems.push(format!("{at}: {e}"));
+                Role::Agent
+            });
+            let mac = match r.mac.as_deref().map(str::parse::<Mac>) {
                 Some(Ok(m)) => Some(m),
                 Some(Err(e)) => {
                     problems.push(format!("{at}: {e}"));
@@ -243,7 +202,7 @@ impl Inventory {
                 hostname: r.hostname,
                 mac,
                 serial,
-                role: r.role,
+                role,
                 profile: r.profile,
                 ip: r.ip,
                 kernel_args: r.kernel_args,

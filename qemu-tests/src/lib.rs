@@ -38,9 +38,11 @@ pub fn k3s_stand_in() -> PathBuf {
     workspace_root().join("qemu-tests/stand-in/k3s")
 }
 
-/// Builds `profile_text` (a profile written into a temp file next to the
-/// shipped profiles so `extends` works) with the k3s stand-in baked in, once
-/// per distinct (profile, test binary) pair; see [`build_profile_file_once`].
+/// Builds `profile_text` (a profile written into a private folder under target/,
+/// its `extends = "<shipped>.toml"` pointed at the shipped profile) with the k3s
+/// stand-in baked in, once per distinct (profile, test binary) pair; see
+/// [`build_profile_file_once`]. Nothing is written into `profiles/`, which other
+/// tests list while this one runs.
 pub fn build_once(name: &str, profile_text: &str) -> Result<PathBuf> {
     build_text_once(name, profile_text, None)
 }
@@ -48,10 +50,15 @@ pub fn build_once(name: &str, profile_text: &str) -> Result<PathBuf> {
 /// [`build_once`], with `SHA256SUMS` signed by `sign_key` when given.
 pub fn build_text_once(name: &str, profile_text: &str, sign_key: Option<&Path>) -> Result<PathBuf> {
     // Per process: another test process may delete its copy while this one loads.
-    let path = workspace_root()
-        .join("profiles")
-        .join(format!(".test-{name}-{}.toml", std::process::id()));
-    std::fs::write(&path, profile_text)?;
+    let dir = target_dir().join("qemu-test-profiles");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}-{}.toml", std::process::id()));
+    let shipped = workspace_root().join("profiles");
+    let text = profile_text.replace(
+        "extends = \"",
+        &format!("extends = \"{}/", shipped.display()),
+    );
+    std::fs::write(&path, text)?;
     let out = build_signed_once(name, &path, &[], sign_key);
     let _ = std::fs::remove_file(&path);
     out

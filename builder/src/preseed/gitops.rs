@@ -6,6 +6,7 @@
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
+use crate::profile::net::is_ssh_git_url;
 use crate::profile::{GitopsEngine, Profile};
 
 use super::{RenderOptions, Templates, secrets};
@@ -21,13 +22,6 @@ pub const FLUX_GIT_SECRET: &str = "flux-system";
 pub const SOPS_SECRET: &str = "sops-age";
 /// Name of the Argo CD repository Secret.
 pub const ARGOCD_REPO_SECRET: &str = "labimg-repo";
-
-/// `ssh://…` or scp-like `git@host:path`: credentials are an SSH private key.
-/// An SSH repository URL: `ssh://…` or scp-like `git@host:path`.
-pub fn is_ssh(repo: &str) -> bool {
-    repo.starts_with("ssh://")
-        || (!repo.contains("://") && repo.split_once(':').is_some_and(|(h, _)| h.contains('@')))
-}
 
 fn repo(profile: &Profile) -> &str {
     profile.gitops.repo.as_deref().unwrap_or_default()
@@ -116,7 +110,7 @@ pub fn secret_manifests(
             GitopsEngine::Argocd => {
                 data.insert("type".into(), json!("git"));
                 data.insert("url".into(), json!(url));
-                if is_ssh(url) {
+                if is_ssh_git_url(url) {
                     data.insert("sshPrivateKey".into(), json!(secret));
                 } else {
                     data.insert("username".into(), json!("git"));
@@ -129,7 +123,7 @@ pub fn secret_manifests(
                 )
             }
             _ => {
-                if is_ssh(url) {
+                if is_ssh_git_url(url) {
                     data.insert("identity".into(), json!(secret));
                     if let Some(hosts) = &g.known_hosts {
                         data.insert("known_hosts".into(), json!(hosts.trim_end()));
@@ -189,10 +183,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ssh_urls() {
-        assert!(is_ssh("ssh://git@github.com/example/fleet.git"));
-        assert!(is_ssh("git@github.com:example/fleet.git"));
-        assert!(!is_ssh("https://github.com/example/fleet.git"));
+    fn flux_paths() {
         assert_eq!(flux_path("clusters/a"), "./clusters/a");
         assert_eq!(flux_path("./clusters/a"), "./clusters/a");
     }

@@ -101,14 +101,19 @@ pub struct Cluster {
     /// Cluster name (used in kubeconfig and GitOps manifests).
     pub name: String,
     /// API server URL the agents and extra servers join; defaults to
-    /// `https://<vip or first server's IP>:6443`.
+    /// `https://<first server's static ip>:6443`. Its host name or address must be in
+    /// the servers' certificate: the first server's ip is; list any other in `k3s.tls-san`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_url: Option<String>,
     /// Join token source: `{ file = "..." }`, `{ env = "VAR" }` or `{ sops-file = "..." }`.
     /// Required when the cluster has agents or more than one server.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<SecretSource>,
-    /// Virtual IP for the API server, announced by the control planes.
+    /// Virtual IP of the API server, for a VIP that something you deploy announces
+    /// (kube-vip, a router's load balancer); labimg checks it lies outside the
+    /// cluster's ranges but does not announce it, so it is not a default join address:
+    /// once it answers, set `server-url = "https://<vip>:6443"` and list it in
+    /// `k3s.tls-san`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vip: Option<String>,
     /// What the image does on a machine its `[[nodes]]` table does not list (by MAC
@@ -134,7 +139,7 @@ pub enum UnknownNodes {
     /// profile without `[[nodes]]`: every such machine is a separate cluster.
     Server,
     /// Join the profile's server as an agent (needs `cluster.token` and a server
-    /// URL: `cluster.server-url`, `cluster.vip` or a server node with a static `ip`).
+    /// URL: `cluster.server-url` or a server node with a static `ip`).
     Agent,
     /// Stop the boot with `FATAL: unknown node mac=… serial=…`.
     Refuse,

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::defaults;
+use super::net::{Cidr, Mac, is_hostname, is_ssh_git_url};
 use super::problem::Problem;
 use super::source::{SValue, Sources};
 use super::{CniKind, GitopsEngine, Profile, Role, UnknownNodes};
@@ -46,6 +47,7 @@ pub(crate) fn check(p: &Profile, root: &SValue, sources: &Sources, out: &mut Vec
     check_k3s(p, &mut r);
     check_cluster(p, &mut r);
     check_nodes(p, &mut r);
+    check_topology(p, &mut r);
     check_disk(p, &mut r);
     check_upgrade(p, &mut r);
     check_services(p, &mut r);
@@ -262,7 +264,7 @@ fn check_k3s(p: &Profile, r: &mut Report<'_>) {
         ("k3s.cluster-cidr", &k.cluster_cidr),
         ("k3s.service-cidr", &k.service_cidr),
     ] {
-        if let Err(e) = parse_cidr(cidr) {
+        if let Err(e) = Cidr::parse(cidr) {
             r.add(path, e);
         }
     }
@@ -344,7 +346,7 @@ fn check_cluster(p: &Profile, r: &mut Report<'_>) {
         );
     }
     for (i, pool) in cni.lb_ip_pools.iter().enumerate() {
-        if let Err(e) = parse_cidr(pool) {
+        if let Err(e) = Cidr::parse(pool) {
             r.add(&format!("cni.lb-ip-pools[{i}]"), e);
         }
     }
@@ -366,10 +368,7 @@ fn check_cluster(p: &Profile, r: &mut Report<'_>) {
     {
         r.add("gitops.known-hosts", e);
     }
-    let ssh = g
-        .repo
-        .as_deref()
-        .is_some_and(crate::preseed::gitops::is_ssh);
+    let ssh = g.repo.as_deref().is_some_and(is_ssh_git_url);
     if g.engine == GitopsEngine::Flux && ssh && g.credentials.is_some() && g.known_hosts.is_none() {
         r.add(
             "gitops.known-hosts",
@@ -438,8 +437,8 @@ fn check_unknown_nodes(p: &Profile, r: &mut Report<'_>) {
             if p.server_url().is_none() {
                 r.add(
                     "cluster.unknown-nodes",
-                    "\"agent\" needs a server to join: set cluster.server-url or \
-                     cluster.vip, or give a server node a static ip",
+                    "\"agent\" needs a server to join: set cluster.server-url, or give \
+                     a server node a static ip",
                 );
             }
         }
@@ -516,9 +515,9 @@ fn check_nodes(p: &Profile, r: &mut Report<'_>) {
             );
         }
         if let Some(mac) = &n.mac {
-            match normalize_mac(mac) {
-                Some(m) => unique(r, "mac", at("mac"), m),
-                None => r.add(
+            match mac.parse::<Mac>() {
+                Ok(m) => unique(r, "mac", at("mac"), m.to_string()),
+                Err(_) => r.add(
                     &at("mac"),
                     format!("'{mac}' is not a MAC address like aa:bb:cc:dd:ee:ff"),
                 ),
@@ -545,8 +544,8 @@ fn check_nodes(p: &Profile, r: &mut Report<'_>) {
             }
         }
         if let Some(ip) = &n.ip {
-            match parse_cidr(ip) {
-                Ok((addr, _)) => {
+            match Cidr::parse(ip) {
+                Ok(Cidr { addr, .. }) => {
                     unique(r, "ip", at("ip"), addr.to_string());
                     // No DHCP, so no name servers unless given: k3s would quietly fall
                     // back to 8.8.8.8 for its pods, and the node resolve nothing.
@@ -601,6 +600,93 @@ fn check_nodes(p: &Profile, r: &mut Report<'_>) {
     }
 }
 
+/// Address ranges that must not collide, and a join story every node can follow.
+/// Unparseable values were reported by the checks above and are skipped here.
+fn check_topology(p: &Profile, r: &mut Report<'_>) {
+    let k = &p.k3s;
+    let (Ok(pods), Ok(services)) = (Cidr::parse(&k.cluster_cidr), Cidr::parse(&k.service_cidr))
+    else {
+        return;
+    };
+    if pods.overlaps(&services) {
+        r.add(
+            "k3s.service-cidr",
+            format!(
+                "k3s.cluster-cidr {} overlaps k3s.service-cidr {}: pods and services need \
+                 separate ranges",
+                k.cluster_cidr, k.service_cidr
+            ),
+        );
+    }
+    let ranges = [("k3s.cluster-cidr", pods), ("k3s.service-cidr", services)];
+    for (i, node) in p.nodes.iter().enumerate() {
+        let Some(Ok(ip)) = node.ip.as_deref().map(Cidr::parse) else {
+            continue;
+        };
+        for (what, range) in &ranges {
+            if range.contains(ip.addr) {
+                r.add(
+                    &format!("nodes[{i}].ip"),
+                    format!(
+                        "node {}: ip {} lies inside {what} {range}: the node network must be \
+                         outside the cluster's ranges",
+                        node.hostname, ip.addr
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(Ok(vip)) = p.cluster.vip.as_deref().map(str::parse::<IpAddr>) {
+        for (what, range) in &ranges {
+            if range.contains(vip) {
+                r.add(
+                    "cluster.vip",
+                    format!("cluster.vip {vip} lies inside {what}"),
+                );
+            }
+        }
+    }
+    if p.cni.kind == CniKind::Cilium {
+        for (i, pool) in p.cni.lb_ip_pools.iter().enumerate() {
+            let Ok(c) = Cidr::parse(pool) else { continue };
+            for (what, range) in &ranges {
+                if c.overlaps(range) {
+                    r.add(
+                        &format!("cni.lb-ip-pools[{i}]"),
+                        format!("cni.lb-ip-pools {pool} overlaps {what}"),
+                    );
+                }
+            }
+        }
+        if p.cni.l2_announcements && !p.cni.kube_proxy_replacement {
+            r.add(
+                "cni.l2-announcements",
+                "cni.l2-announcements needs cni.kube-proxy-replacement = true (Cilium answers \
+                 ARP from its kube-proxy replacement)",
+            );
+        }
+    }
+    // Every node other than the first server must know where to join. (No server at
+    // all is reported by check_nodes.)
+    let first = p.servers().next();
+    let joiners: Vec<&str> = p
+        .nodes
+        .iter()
+        .filter(|n| Some(&n.hostname) != first.map(|f| &f.hostname))
+        .map(|n| n.hostname.as_str())
+        .collect();
+    if first.is_some() && !joiners.is_empty() && p.server_url().is_none() {
+        r.add(
+            "cluster.server-url",
+            format!(
+                "nodes {} join the cluster but no server URL is known: set \
+                 cluster.server-url or give the first server a static ip",
+                joiners.join(", ")
+            ),
+        );
+    }
+}
+
 fn check_disk(p: &Profile, r: &mut Report<'_>) {
     let d = &p.disk;
     let needed = d
@@ -637,17 +723,6 @@ fn is_k3s_version(v: &str) -> bool {
         && is_word(build, |c| c.is_ascii_digit())
 }
 
-/// RFC 1123: dot-separated labels of 1–63 letters, digits and inner hyphens, ≤ 253 in all.
-fn is_hostname(h: &str) -> bool {
-    h.len() <= 253
-        && h.split('.').all(|l| {
-            (1..=63).contains(&l.len())
-                && is_word(l, |c| c.is_ascii_alphanumeric() || c == '-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-}
-
 /// `key=value:Effect` or `key:Effect` with a Kubernetes taint effect.
 fn check_taint(t: &str) -> Result<(), String> {
     const EFFECTS: [&str; 3] = ["NoSchedule", "PreferNoSchedule", "NoExecute"];
@@ -664,49 +739,17 @@ fn check_taint(t: &str) -> Result<(), String> {
     }
 }
 
-/// Parses `address/prefix`.
-pub(crate) fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
-    let err = || format!("'{s}' is not an address with prefix length like 192.168.1.10/24");
-    let (addr, len) = s.split_once('/').ok_or_else(err)?;
-    let addr: IpAddr = addr.parse().map_err(|_| err())?;
-    let len: u8 = len.parse().map_err(|_| err())?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if len > max {
-        return Err(err());
-    }
-    Ok((addr, len))
-}
-
-/// `aa:bb:cc:dd:ee:ff` (or with `-`), in lowercase with colons.
-pub(crate) fn normalize_mac(s: &str) -> Option<String> {
-    let parts: Vec<&str> = s.split([':', '-']).collect();
-    let ok = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
-    ok.then(|| parts.join(":").to_ascii_lowercase())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn identifiers() {
-        assert!(is_hostname("pi-cp1") && is_hostname("node1.lab.example"));
-        assert!(!is_hostname("-bad") && !is_hostname("under_score") && !is_hostname(""));
         assert!(
             is_k3s_version("v1.36.4+k3s1")
                 && !is_k3s_version("1.36.4")
                 && !is_k3s_version("v1.36+k3s1")
         );
-        assert_eq!(
-            normalize_mac("AA-bb-CC-00-11-22").as_deref(),
-            Some("aa:bb:cc:00:11:22")
-        );
-        assert!(normalize_mac("aa:bb:cc:00:11").is_none());
-        assert!(parse_cidr("10.0.0.1/24").is_ok() && parse_cidr("10.0.0.1/33").is_err());
-        assert!(parse_cidr("10.0.0.1").is_err() && parse_cidr("fd00::1/64").is_ok());
         assert!(
             check_taint("dedicated=gpu:NoSchedule").is_ok()
                 && check_taint("gpu:Sometimes").is_err()
