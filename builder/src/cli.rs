@@ -1,20 +1,166 @@
-//! What the `labimg` subcommands do, as library calls: the binary only
-//! parses arguments and prints errors.
+//! What the `labimg` subcommands do, as library calls, and their options as clap
+//! derives: the binary only parses arguments and prints errors. Options are declared
+//! once, here or on the library type they configure ([`BuildOptions`],
+//! `labimg_netboot::ServeOptions`).
+
+mod logging;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+pub use self::logging::{LogFormat, init_logging};
 use crate::build::{BuildOptions, build as run_build};
 use crate::debian::{Cache, cache::hash_file};
 use crate::inputs::{fetch_inputs, resolve_inputs};
-use crate::profile::{self, Profile};
+use crate::profile::{self, Profile, ProfileErrors};
 use crate::sign;
 use crate::target;
 
-/// Loads a profile; validation problems become one error listing them all.
+/// Options every command takes.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Folder of named profiles (`--profile pi5` reads `<dir>/pi5.toml`).
+    #[arg(
+        long,
+        global = true,
+        env = "LABIMG_PROFILES",
+        default_value = "profiles"
+    )]
+    pub profiles_dir: PathBuf,
+    /// More logging (-v: debug, -vv: trace); `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log line format on stderr: text (an RFC 3339 UTC timestamp, the level, the
+    /// message) or json (one object per line with `timestamp`, `level`, `message`).
+    #[arg(
+        long,
+        global = true,
+        env = "LABIMG_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+impl GlobalArgs {
+    /// Sets up logging as `-v` and `--log-format` ask ([`init_logging`]).
+    pub fn init_logging(&self) {
+        init_logging(self.verbose, self.log_format);
+    }
+}
+
+/// Which profile, and overrides.
+#[derive(Debug, clap::Args)]
+pub struct ProfileArgs {
+    /// Profile name (`pi5` → profiles/pi5.toml) or path to a .toml file.
+    #[arg(long, short = 'p')]
+    pub profile: String,
+    /// Override a key, for example `--set k3s.version=v1.33.5+k3s1` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+impl ProfileArgs {
+    /// Loads the profile from `profiles_dir` ([`load_profile`]).
+    pub fn load(&self, profiles_dir: &Path) -> Result<Profile> {
+        load_profile(&self.profile, &self.sets, profiles_dir)
+    }
+}
+
+/// `labimg fetch` options.
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    /// Download cache (default: $LABIMG_CACHE, else ~/.cache/labimg).
+    #[arg(long, env = "LABIMG_CACHE")]
+    pub cache: Option<PathBuf>,
+    /// Only check that the cache holds everything (no network): what an offline
+    /// `build` will need.
+    #[arg(long, env = "LABIMG_OFFLINE")]
+    pub offline: bool,
+}
+
+/// `labimg profile …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ProfileCommand {
+    /// List the profiles in the profiles folder.
+    List,
+    /// Print a profile (with --resolved: after `extends` and `--set`, with every default).
+    Show {
+        #[command(flatten)]
+        profile: ProfileArgs,
+        #[arg(long)]
+        resolved: bool,
+    },
+    /// Check profiles and report every problem with file, line and key.
+    Validate {
+        /// Profile names or paths.
+        #[arg(required = true)]
+        profiles: Vec<String>,
+    },
+}
+
+impl ProfileCommand {
+    /// Runs the subcommand on the profiles in `profiles_dir`.
+    pub fn run(&self, profiles_dir: &Path) -> Result<()> {
+        match self {
+            Self::List => profile_list(profiles_dir),
+            Self::Show { profile, resolved } => {
+                profile_show(&profile.profile, &profile.sets, profiles_dir, *resolved)
+            }
+            Self::Validate { profiles } => profile_validate(profiles, profiles_dir),
+        }
+    }
+}
+
+/// `labimg inspect` options.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// An output folder such as images/proxmox, or a manifest.json.
+    pub path: PathBuf,
+    /// Also require SHA256SUMS.minisig to be a valid signature by this minisign public key.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+}
+
+/// `labimg sign` options.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// An output folder such as images/proxmox.
+    pub dir: PathBuf,
+    /// minisign secret key (`labimg keygen`, or `minisign -G`; encrypted keys take
+    /// their password from LABIMG_SIGN_PASSWORD or the terminal).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+}
+
+/// `labimg keygen` options.
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Folder for the keys (created if missing; existing keys are never overwritten).
+    pub dir: PathBuf,
+    /// Encrypt the secret key with a password (LABIMG_SIGN_PASSWORD or typed);
+    /// without it the key is unencrypted, for unattended builds.
+    #[arg(long)]
+    pub encrypt: bool,
+}
+
+/// Loads a profile. Validation problems stay a [`ProfileErrors`] inside the
+/// error (a caller can downcast it); printed, they list every problem.
 pub fn load_profile(name: &str, sets: &[String], dir: &Path) -> Result<Profile> {
-    profile::load(name, dir, sets).map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(profile::load(name, dir, sets)?)
+}
+
+/// `labimg profile validate` found problems (already printed, profile by profile).
+#[derive(Debug, thiserror::Error)]
+#[error("{} of {total} profiles have problems", .failed.len())]
+pub struct InvalidProfiles {
+    /// Each profile that failed, as given, with its problems.
+    pub failed: Vec<(String, ProfileErrors)>,
+    /// How many profiles were checked.
+    pub total: usize,
 }
 
 fn cache(dir: Option<PathBuf>) -> Result<Cache> {
@@ -91,18 +237,22 @@ pub fn profile_show(name: &str, sets: &[String], dir: &Path, resolved: bool) -> 
 
 /// `labimg profile validate`: every problem of every profile, then one error.
 pub fn profile_validate(names: &[String], dir: &Path) -> Result<()> {
-    let mut failed = 0;
+    let mut failed = Vec::new();
     for name in names {
         match profile::load(name, dir, &[]) {
             Ok(_) => println!("{}: ok", profile::profile_path(name, dir).display()),
             Err(e) => {
-                failed += 1;
                 eprintln!("{e}");
+                failed.push((name.clone(), e));
             }
         }
     }
-    if failed > 0 {
-        bail!("{failed} of {} profiles have problems", names.len());
+    if !failed.is_empty() {
+        return Err(InvalidProfiles {
+            failed,
+            total: names.len(),
+        }
+        .into());
     }
     Ok(())
 }
@@ -208,4 +358,27 @@ pub fn keygen(dir: &Path, encrypt: bool) -> Result<()> {
     println!("secret key {} (keep it private)", keys.secret.display());
     println!("public key {}", keys.public.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Profile problems stay typed on the way out, for a caller that branches on them.
+    #[test]
+    fn profile_errors_can_be_downcast() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.toml"), "bogus = 1\n").unwrap();
+        let e = load_profile("bad", &[], dir.path()).unwrap_err();
+        let problems = e.downcast_ref::<ProfileErrors>().expect("a ProfileErrors");
+        assert!(problems.0.iter().any(|p| p.message.contains("unknown key")));
+        assert_eq!(format!("{e:#}"), problems.to_string());
+
+        let e = profile_validate(&["bad".into()], dir.path()).unwrap_err();
+        let invalid = e
+            .downcast_ref::<InvalidProfiles>()
+            .expect("InvalidProfiles");
+        assert_eq!((invalid.failed.len(), invalid.total), (1, 1));
+        assert_eq!(format!("{e:#}"), "1 of 1 profiles have problems");
+    }
 }
