@@ -25,53 +25,79 @@ use anyhow::{Context, Result};
 
 pub use dhcp::DhcpMode;
 
-/// Options of `labimg serve`.
-#[derive(Debug, Clone)]
+/// Options of `labimg serve` (see netboot/README.md for the trust model and the
+/// capability it needs to bind ports 67 and 69). A flag's `///` is its `--help`
+/// text; fields without a flag (`#[arg(skip = …)]`) take the same value as
+/// [`Default`], which a test checks.
+#[derive(Debug, Clone, clap::Args)]
 pub struct ServeOptions {
-    /// Builder output directory (`<dir>/<profile>/netboot/…`).
+    /// Build output folder holding <profile>/netboot/ and <profile>/nodes/.
+    #[arg(long, default_value = "images")]
     pub images: PathBuf,
-    /// Inventory TOML file.
+    /// Inventory of nodes (TOML; reloaded when it changes).
+    #[arg(long)]
     pub inventory: PathBuf,
-    /// Interface to serve on: binds DHCP to it and derives the advertised IP and MTU.
+    /// Interface to serve on (binds DHCP to it; gives the advertised address).
+    #[arg(long)]
     pub interface: Option<String>,
-    /// DHCP mode: proxy (default), full or off.
+    /// DHCP mode: proxy (answer PXE clients only, beside the home router), full, or off.
+    #[arg(long, default_value = "proxy")]
     pub dhcp: DhcpMode,
     /// Address the DHCP sockets bind to.
+    #[arg(skip = Ipv4Addr::UNSPECIFIED)]
     pub dhcp_bind: Ipv4Addr,
     /// DHCP server port (67).
+    #[arg(skip = 67u16)]
     pub dhcp_port: u16,
     /// PXE boot-server port (4011); 0 disables it.
+    #[arg(skip = 4011u16)]
     pub pxe_port: u16,
     /// DHCP client port replies are broadcast to (68).
+    #[arg(skip = 68u16)]
     pub dhcp_client_port: u16,
-    /// TFTP listen address (0.0.0.0:69); port 0 disables TFTP.
-    pub tftp_addr: SocketAddr,
-    /// HTTP listen address (0.0.0.0:80).
+    /// HTTP listen address.
+    #[arg(long, default_value = "0.0.0.0:80")]
     pub http_addr: SocketAddr,
-    /// IP put in next-server, option 54/66 and URLs; from the interface if not given.
+    /// TFTP listen address (port 0 turns TFTP off).
+    #[arg(long, default_value = "0.0.0.0:69")]
+    pub tftp_addr: SocketAddr,
+    /// Address put in DHCP replies and URLs (default: the interface's).
+    #[arg(long)]
     pub advertise: Option<Ipv4Addr>,
-    /// Full mode: first address of the pool.
+    /// Full DHCP: first address of the pool.
+    #[arg(long)]
     pub pool_start: Option<Ipv4Addr>,
-    /// Full mode: last address of the pool.
+    /// Full DHCP: last address of the pool.
+    #[arg(long)]
     pub pool_end: Option<Ipv4Addr>,
     /// Full mode: subnet mask handed out (255.255.255.0).
+    #[arg(skip = Ipv4Addr::new(255, 255, 255, 0))]
     pub subnet_mask: Ipv4Addr,
-    /// Full mode: router handed out, if any.
+    /// Full DHCP: router to hand out.
+    #[arg(long)]
     pub router: Option<Ipv4Addr>,
-    /// Full mode: DNS servers handed out.
+    /// Full DHCP: DNS servers to hand out (repeatable).
+    #[arg(long)]
     pub dns: Vec<Ipv4Addr>,
     /// Full mode: lease time in seconds (3600).
+    #[arg(skip = 3600u32)]
     pub lease_secs: u32,
     /// Full mode: lease file (default `<state-dir>/leases.json`).
+    #[arg(skip)]
     pub lease_file: Option<PathBuf>,
-    /// State directory for tokens and leases (`/var/lib/labimg`).
+    /// State folder for leases and per-node tokens.
+    #[arg(long, default_value = "/var/lib/labimg")]
     pub state_dir: PathBuf,
-    /// iPXE binaries; `None` chooses with [`ipxe::locate`]: a complete `<images>/ipxe`
-    /// as it is, else `<state-dir>/ipxe`, fetched from Debian when incomplete.
+    /// iPXE binaries (default: <images>/ipxe as it is when it holds all of them, else
+    /// <state-dir>/ipxe, fetched from Debian; the images folder is never written).
+    #[arg(long)]
     pub ipxe_dir: Option<PathBuf>,
     /// Most concurrent TFTP transfers (64).
+    #[arg(skip = 64usize)]
     pub tftp_max_transfers: usize,
-    /// minisign public key: serve only profiles it signed (see [`verify`]); `None` checks nothing.
+    /// Serve only profiles whose SHA256SUMS this minisign public key signed and whose
+    /// netboot files match it (default: no check, with a warning).
+    #[arg(long, value_name = "FILE")]
     pub public_key: Option<PathBuf>,
 }
 
@@ -259,4 +285,26 @@ fn download_cache(state_dir: &std::path::Path) -> Result<labimg_builder::debian:
     let dir =
         labimg_builder::debian::Cache::default_dir().unwrap_or_else(|_| state_dir.join("cache"));
     labimg_builder::debian::Cache::new(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: super::ServeOptions,
+    }
+
+    /// The flags' defaults and the `#[arg(skip = …)]` values are [`Default`]'s: a
+    /// library caller and `labimg serve` get the same appliance.
+    #[test]
+    fn cli_defaults_are_the_default() {
+        let cli = Cli::try_parse_from(["serve", "--inventory", "inventory.toml"]).unwrap();
+        assert_eq!(
+            format!("{:?}", cli.opts),
+            format!("{:?}", super::ServeOptions::default())
+        );
+    }
 }

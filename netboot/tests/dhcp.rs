@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use common::{CP_MAC, fixture};
 use dhcproto::Encodable;
-use labimg_netboot::dhcp::{DhcpMode, DhcpServer, DhcpSettings};
+use labimg_netboot::ServeOptions;
+use labimg_netboot::dhcp::{DhcpMode, DhcpServer};
 
 const DISCOVER: u8 = 1;
 const OFFER: u8 = 2;
@@ -98,16 +99,17 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn settings(mode: DhcpMode, lease_file: std::path::PathBuf) -> DhcpSettings {
-    DhcpSettings {
-        mode,
+fn settings(mode: DhcpMode, lease_file: std::path::PathBuf) -> ServeOptions {
+    ServeOptions {
+        dhcp: mode,
         pool_start: Some(Ipv4Addr::new(10, 9, 0, 100)),
         pool_end: Some(Ipv4Addr::new(10, 9, 0, 102)),
         subnet_mask: Ipv4Addr::new(255, 255, 255, 0),
         router: Some(Ipv4Addr::new(10, 9, 0, 1)),
         dns: vec![Ipv4Addr::new(10, 9, 0, 1)],
         lease_secs: 600,
-        lease_file,
+        lease_file: Some(lease_file),
+        ..Default::default()
     }
 }
 
@@ -139,7 +141,7 @@ fn pi_guid(fourcc: &[u8; 4], serial: u32) -> Vec<u8> {
 fn proxy_replies_per_client_type() {
     let f = fixture(8080);
     let s = DhcpServer::new(
-        settings(DhcpMode::Proxy, f.dir.path().join("unused")),
+        &settings(DhcpMode::Proxy, f.dir.path().join("unused")),
         f.shared.clone(),
     )
     .unwrap();
@@ -331,7 +333,7 @@ fn full_mode_lease_lifecycle_survives_restart() {
     );
     {
         let s =
-            DhcpServer::new(settings(DhcpMode::Full, leases.clone()), f.shared.clone()).unwrap();
+            DhcpServer::new(&settings(DhcpMode::Full, leases.clone()), f.shared.clone()).unwrap();
         let o = ask(&s, &packet(DISCOVER, a, none, &[]), false).unwrap();
         assert_eq!((o.kind(), o.yiaddr), (OFFER, p100));
         assert_eq!(o.opts[&1], [255, 255, 255, 0]);
@@ -406,7 +408,7 @@ fn full_mode_lease_lifecycle_survives_restart() {
         "{text}"
     );
     // Restart: a new server on the same lease file still knows a's lease.
-    let s = DhcpServer::new(settings(DhcpMode::Full, leases.clone()), f.shared.clone()).unwrap();
+    let s = DhcpServer::new(&settings(DhcpMode::Full, leases.clone()), f.shared.clone()).unwrap();
     assert_eq!(
         ask(&s, &packet(DISCOVER, a, none, &[]), false)
             .unwrap()
@@ -469,7 +471,7 @@ fn full_mode_lease_lifecycle_survives_restart() {
 fn hostile_packets_are_dropped_and_counted_over_udp() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let f = fixture(8080);
-    let opts = labimg_netboot::ServeOptions {
+    let opts = ServeOptions {
         dhcp_bind: Ipv4Addr::LOCALHOST,
         dhcp_port: 0,
         pxe_port: 0,

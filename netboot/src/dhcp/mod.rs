@@ -6,7 +6,6 @@ pub mod leases;
 pub mod reply;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
@@ -15,8 +14,8 @@ use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable};
 use tokio::net::UdpSocket;
 
-use crate::Shared;
 use crate::inventory::{Decision, Mac};
+use crate::{ServeOptions, Shared};
 use classify::{Client, Firmware, Reject, classify};
 use leases::{LeaseStore, Reservations};
 
@@ -56,53 +55,13 @@ impl std::fmt::Display for DhcpMode {
     }
 }
 
-/// DHCP settings (a subset of [`crate::ServeOptions`]).
-#[derive(Debug, Clone)]
-pub struct DhcpSettings {
-    /// Proxy or full.
-    pub mode: DhcpMode,
-    /// Full mode pool, first address.
-    pub pool_start: Option<Ipv4Addr>,
-    /// Full mode pool, last address.
-    pub pool_end: Option<Ipv4Addr>,
-    /// Subnet mask handed out.
-    pub subnet_mask: Ipv4Addr,
-    /// Router handed out.
-    pub router: Option<Ipv4Addr>,
-    /// DNS servers handed out.
-    pub dns: Vec<Ipv4Addr>,
-    /// Lease seconds.
-    pub lease_secs: u32,
-    /// Lease file.
-    pub lease_file: PathBuf,
-}
-
-impl DhcpSettings {
-    /// Extracts the DHCP settings from the serve options.
-    pub fn from_opts(o: &crate::ServeOptions) -> Self {
-        Self {
-            mode: o.dhcp,
-            pool_start: o.pool_start,
-            pool_end: o.pool_end,
-            subnet_mask: o.subnet_mask,
-            router: o.router,
-            dns: o.dns.clone(),
-            lease_secs: o.lease_secs,
-            lease_file: o
-                .lease_file
-                .clone()
-                .unwrap_or_else(|| o.state_dir.join("leases.json")),
-        }
-    }
-}
-
-/// The DHCP service.
+/// The DHCP service. It reads its settings (mode, pool, router, DNS, lease time and
+/// file, ports) from [`ServeOptions`] directly: they are declared once, there.
 pub struct DhcpServer {
-    settings: DhcpSettings,
+    opts: ServeOptions,
     shared: Arc<Shared>,
     leases: Option<Mutex<LeaseStore>>,
     sockets: Vec<(Arc<UdpSocket>, bool)>,
-    client_port: u16,
 }
 
 fn udp_socket(ip: Ipv4Addr, port: u16, interface: Option<&str>) -> Result<UdpSocket> {
@@ -124,33 +83,36 @@ fn udp_socket(ip: Ipv4Addr, port: u16, interface: Option<&str>) -> Result<UdpSoc
 
 impl DhcpServer {
     /// A server without sockets (for [`DhcpServer::respond`] in tests, and by `bind`).
-    pub fn new(settings: DhcpSettings, shared: Arc<Shared>) -> Result<Self> {
-        let leases = if settings.mode == DhcpMode::Full {
-            let (Some(s), Some(e)) = (settings.pool_start, settings.pool_end) else {
+    /// Full mode opens the lease file: `lease_file`, by default `<state-dir>/leases.json`.
+    pub fn new(opts: &ServeOptions, shared: Arc<Shared>) -> Result<Self> {
+        let leases = if opts.dhcp == DhcpMode::Full {
+            let (Some(s), Some(e)) = (opts.pool_start, opts.pool_end) else {
                 bail!("full DHCP mode needs a pool (--pool-start and --pool-end)");
             };
+            let lease_file = opts
+                .lease_file
+                .clone()
+                .unwrap_or_else(|| opts.state_dir.join("leases.json"));
             Some(Mutex::new(LeaseStore::open(
-                settings.lease_file.clone(),
+                lease_file,
                 s,
                 e,
-                settings.lease_secs,
+                opts.lease_secs,
             )?))
         } else {
             None
         };
         Ok(Self {
-            settings,
+            opts: opts.clone(),
             shared,
             leases,
             sockets: Vec::new(),
-            client_port: 68,
         })
     }
 
     /// Binds the DHCP port and the PXE port (4011) as configured.
-    pub async fn bind(o: &crate::ServeOptions, shared: Arc<Shared>) -> Result<Self> {
-        let mut s = Self::new(DhcpSettings::from_opts(o), shared)?;
-        s.client_port = o.dhcp_client_port;
+    pub async fn bind(o: &ServeOptions, shared: Arc<Shared>) -> Result<Self> {
+        let mut s = Self::new(o, shared)?;
         let iface = o.interface.as_deref();
         s.sockets.push((
             Arc::new(udp_socket(o.dhcp_bind, o.dhcp_port, iface)?),
@@ -215,7 +177,7 @@ impl DhcpServer {
     fn destination(&self, _reply: &Message, src: SocketAddr) -> SocketAddr {
         match src {
             SocketAddr::V4(v4) if !v4.ip().is_unspecified() => src,
-            _ => SocketAddr::from((Ipv4Addr::BROADCAST, self.client_port)),
+            _ => SocketAddr::from((Ipv4Addr::BROADCAST, self.opts.dhcp_client_port)),
         }
     }
 
@@ -370,12 +332,12 @@ impl DhcpServer {
         drop(store);
         let mut r = reply::reply_to(req, kind, server, ip);
         let o = r.opts_mut();
-        o.insert(DhcpOption::SubnetMask(self.settings.subnet_mask));
-        if let Some(gw) = self.settings.router {
+        o.insert(DhcpOption::SubnetMask(self.opts.subnet_mask));
+        if let Some(gw) = self.opts.router {
             o.insert(DhcpOption::Router(vec![gw]));
         }
-        if !self.settings.dns.is_empty() {
-            o.insert(DhcpOption::DomainNameServer(self.settings.dns.clone()));
+        if !self.opts.dns.is_empty() {
+            o.insert(DhcpOption::DomainNameServer(self.opts.dns.clone()));
         }
         if c.msg_type != MessageType::Inform {
             o.insert(DhcpOption::AddressLeaseTime(lease_secs));
