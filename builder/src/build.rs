@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::artifact::Cmdline;
 use crate::debian::{Cache, cache::hash_file};
 use crate::disk;
 use crate::initramfs::make_initramfs;
@@ -282,9 +283,10 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         std::fs::remove_dir_all(work.join("netboot"))?;
     }
 
+    let slot_a = target.cmdline(profile, &root, "a");
     let cmdline: BTreeMap<String, String> = ["a", "b"]
         .iter()
-        .map(|s| (s.to_string(), target.cmdline(profile, &root, s).join(" ")))
+        .map(|s| (s.to_string(), target.cmdline(profile, &root, s).to_string()))
         .collect();
     if netboot {
         step("write netboot artifacts", || {
@@ -294,7 +296,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
                 &rootfs.kernel,
                 &initramfs.data,
                 &root,
-                &cmdline["a"],
+                &slot_a,
             )
         })?;
         // An upgrade bundle is the netboot files plus upgrade.json. Before
@@ -417,31 +419,13 @@ fn write_netboot(
     kernel: &[u8],
     initramfs: &[u8],
     root: &crate::rootimg::RootImage,
-    cmdline: &str,
+    cmdline: &Cmdline,
 ) -> Result<()> {
     let nb = dir.join("netboot");
     std::fs::write(nb.join("vmlinuz"), kernel)?;
     std::fs::write(nb.join("initrd.img"), initramfs)?;
-    // Netboot nodes fetch the root over HTTP instead of a disk slot.
-    let netboot_cmdline: Vec<&str> = cmdline
-        .split(' ')
-        .filter(|a| !a.starts_with("labimg.root=") && !a.starts_with("labimg.slot="))
-        .collect();
-    let json = serde_json::json!({
-        "profile": profile.name,
-        "arch": profile.target.arch.as_str(),
-        "board": format!("{:?}", profile.target.board).to_lowercase(),
-        "kernel": "vmlinuz",
-        "initrd": "initrd.img",
-        "root": "root.squashfs",
-        "root_sha256": root.sha256,
-        "root_size": root.size,
-        "cmdline": netboot_cmdline.join(" "),
-    });
-    std::fs::write(
-        nb.join("netboot.json"),
-        serde_json::to_string_pretty(&json)? + "\n",
-    )?;
+    let info = target::netboot_info(profile, root, cmdline);
+    std::fs::write(nb.join("netboot.json"), info.to_json())?;
     Ok(())
 }
 

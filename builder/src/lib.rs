@@ -5,6 +5,7 @@
 //! ([`debian`]), unpacked into a staging [`tree`], and written out as
 //! filesystems, disks and netboot artifacts.
 
+pub mod artifact;
 pub mod build;
 pub mod cli;
 pub mod compress;

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
+use crate::artifact::{Cmdline, NetbootInfo};
 use crate::profile::{Board, Profile};
 use crate::rootimg::RootImage;
 use crate::tree::Tree;
@@ -42,7 +43,7 @@ pub trait Target {
     /// `kernel.modules` are added to these).
     fn boot_modules(&self) -> Vec<String>;
     /// The kernel command line for root slot `slot` ("a" or "b").
-    fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Vec<String>;
+    fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Cmdline;
     /// Writes the raw disk image to `dst`.
     fn write_disk(&self, inputs: &DiskInputs, dst: &Path) -> Result<()>;
     /// Board files the netboot server hands out besides kernel, initramfs and
@@ -68,22 +69,40 @@ pub fn for_profile(profile: &Profile) -> Result<Box<dyn Target>> {
 /// Kernel arguments every target shares: where root is and how to check it.
 /// The dm-verity parameters are the trust anchor stage 1 uses; the file's
 /// sha256 and size stay for stage 1s without dm-verity and for the record.
-pub fn common_cmdline(profile: &Profile, root: &RootImage, root_arg: String) -> Vec<String> {
+pub fn common_cmdline(profile: &Profile, root: &RootImage, slot: &str) -> Cmdline {
     let v = &root.verity;
-    let mut args = vec![
-        format!("console={}", profile.console()),
-        root_arg,
-        format!("labimg.root.sha256={}", root.sha256),
-        format!("labimg.root.size={}", root.size),
-        format!("labimg.verity.roothash={}", v.root_hash),
-        format!("labimg.verity.salt={}", v.salt),
-        format!("labimg.verity.data-blocks={}", v.data_blocks),
-        format!("labimg.verity.hash-offset={}", v.hash_offset),
-        "panic=10".to_owned(),
-    ];
+    let mut args = Cmdline::new();
+    args.set("console", profile.console());
+    args.set("labimg.root", format!("PARTLABEL=root-{slot}"));
+    args.set("labimg.root.sha256", &root.sha256);
+    args.set("labimg.root.size", root.size);
+    args.set("labimg.verity.roothash", &v.root_hash);
+    args.set("labimg.verity.salt", &v.salt);
+    args.set("labimg.verity.data-blocks", v.data_blocks);
+    args.set("labimg.verity.hash-offset", v.hash_offset);
+    args.push("panic=10");
     if let Some(url) = &profile.upgrade.url {
-        args.push(format!("labimg.upgrade={url}"));
+        args.set("labimg.upgrade", url);
     }
-    args.extend(profile.kernel.cmdline.iter().cloned());
+    for a in &profile.kernel.cmdline {
+        args.push(a.clone());
+    }
     args
+}
+
+/// `netboot/netboot.json` for a build: the artifacts' names, the root image's hash
+/// and size, and slot A's command line in its netboot form.
+pub fn netboot_info(profile: &Profile, root: &RootImage, slot_a: &Cmdline) -> NetbootInfo {
+    NetbootInfo {
+        arch: profile.target.arch.as_str().to_owned(),
+        board: format!("{:?}", profile.target.board).to_lowercase(),
+        // Netboot nodes fetch the root over HTTP instead of a disk slot.
+        cmdline: slot_a.netboot().to_string(),
+        initrd: "initrd.img".into(),
+        kernel: "vmlinuz".into(),
+        profile: profile.name.clone(),
+        root: "root.squashfs".into(),
+        root_sha256: root.sha256.clone(),
+        root_size: root.size,
+    }
 }

@@ -4,6 +4,8 @@
 
 use anyhow::Result;
 
+use labimg_builder::artifact::Cmdline;
+
 use crate::Shared;
 use crate::images::NetbootInfo;
 use crate::inventory::{Decision, Mac};
@@ -64,47 +66,27 @@ pub fn target(
 }
 
 /// The node's full kernel command line: labimg parameters, then the profile's
-/// cmdline, then the inventory's kernel args.
+/// cmdline, then the inventory's kernel args (an inventory `console=` replaces the
+/// profile's: [`Cmdline::extend_with`]).
 pub fn kernel_cmdline(shared: &Shared, t: &BootTarget) -> String {
     let base = shared.http_base();
-    let mut args = vec![
-        format!(
-            "labimg.root.url={base}/images/{}/{}",
-            t.profile, t.info.root
-        ),
-        format!("labimg.root.sha256={}", t.info.root_sha256),
-        format!("labimg.root.size={}", t.info.root_size),
-    ];
+    let mut args = Cmdline::new();
+    args.set(
+        "labimg.root.url",
+        format!("{base}/images/{}/{}", t.profile, t.info.root),
+    );
+    args.set("labimg.root.sha256", &t.info.root_sha256);
+    args.set("labimg.root.size", t.info.root_size);
     if let (Some(id), Some(token)) = (&t.config_id, &t.token) {
-        args.push(format!("labimg.config={base}/v1/nodes/{id}/config"));
-        args.push(format!("labimg.token={token}"));
+        args.set("labimg.config", format!("{base}/v1/nodes/{id}/config"));
+        args.set("labimg.token", token);
     }
-    args.push(format!("labimg.events={base}/v1/events"));
-    args.extend(profile_then_node_args(&t.info.cmdline, &t.kernel_args));
-    args.join(" ")
+    args.set("labimg.events", format!("{base}/v1/events"));
+    args.extend_with(&Cmdline::parse(&t.info.cmdline));
+    args.extend_with(&Cmdline::parse(&t.kernel_args));
+    args.to_string()
 }
 
-/// The profile's cmdline, then the inventory's kernel args. An inventory `console=`
-/// replaces the profile's: Linux sends nothing to a later console= when an earlier
-/// one names a port the machine lacks (the Pi's ttyAMA10 on another arm64 board), so
-/// appending alone would leave the console silent.
-fn profile_then_node_args(profile: &str, node: &str) -> Vec<String> {
-    let node_sets_console = node.split_whitespace().any(|a| a.starts_with("console="));
-    let profile_args: Vec<&str> = profile
-        .split_whitespace()
-        .filter(|a| !(node_sets_console && a.starts_with("console=")))
-        .collect();
-    let mut out = Vec::new();
-    if !profile_args.is_empty() {
-        out.push(profile_args.join(" "));
-    }
-    if !node.trim().is_empty() {
-        out.push(node.trim().to_string());
-    }
-    out
-}
-
-/// The iPXE script for a MAC.
 pub fn ipxe_script(shared: &Shared, mac: &Mac) -> Result<String> {
     let decision = shared.inventory().decide(Some(mac), None);
     let Some(t) = target(shared, &decision, Some(mac))? else {
@@ -130,18 +112,25 @@ pub fn ipxe_script(shared: &Shared, mac: &Mac) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// The profile's line, then the inventory's, as the boot script renders them.
+    fn profile_then_node(profile: &str, node: &str) -> String {
+        let mut line = Cmdline::parse(profile);
+        line.extend_with(&Cmdline::parse(node));
+        line.to_string()
+    }
+
     #[test]
     fn inventory_console_replaces_the_profiles() {
         let profile = "console=ttyAMA10,115200 panic=10";
         assert_eq!(
-            profile_then_node_args(profile, " console=ttyAMA0 labimg.debug=1 "),
-            ["panic=10", "console=ttyAMA0 labimg.debug=1"]
+            profile_then_node(profile, " console=ttyAMA0 labimg.debug=1 "),
+            "panic=10 console=ttyAMA0 labimg.debug=1"
         );
         assert_eq!(
-            profile_then_node_args(profile, "labimg.debug=1"),
-            [profile, "labimg.debug=1"]
+            profile_then_node(profile, "labimg.debug=1"),
+            format!("{profile} labimg.debug=1")
         );
-        assert_eq!(profile_then_node_args(profile, ""), [profile]);
-        assert!(profile_then_node_args("", "").is_empty());
+        assert_eq!(profile_then_node(profile, ""), profile);
+        assert!(profile_then_node("", "").is_empty());
     }
 }

@@ -5,30 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use labimg_builder::sign;
-use serde::{Deserialize, Serialize};
 
-/// `netboot.json`, the builder's description of a profile's netboot artifacts.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct NetbootInfo {
-    /// Profile name.
-    pub profile: String,
-    /// `amd64` or `arm64`.
-    pub arch: String,
-    /// `proxmox` or `rpi5`.
-    pub board: String,
-    /// Kernel file name in `netboot/`.
-    pub kernel: String,
-    /// Initramfs file name in `netboot/`.
-    pub initrd: String,
-    /// Root image file name in `netboot/`.
-    pub root: String,
-    /// SHA-256 of the root image, hex.
-    pub root_sha256: String,
-    /// Size of the root image in bytes.
-    pub root_size: u64,
-    /// Profile kernel command line.
-    pub cmdline: String,
-}
+/// `netboot.json`: the type the builder writes it through.
+pub use labimg_builder::artifact::NetbootInfo;
 
 /// True for a single safe path component (no separators, no dot-dot, no hidden names).
 pub fn is_plain_name(s: &str) -> bool {

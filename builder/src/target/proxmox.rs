@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::{DiskInputs, Target, common_cmdline};
+use crate::artifact::Cmdline;
 use crate::disk::{self, DiskLayout, PartitionSpec};
 use crate::fs::fat;
 use crate::profile::Profile;
@@ -43,13 +44,13 @@ impl Target for Proxmox {
         .collect()
     }
 
-    fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Vec<String> {
-        let mut args = common_cmdline(profile, root, format!("labimg.root=PARTLABEL=root-{slot}"));
+    fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Cmdline {
+        let mut args = common_cmdline(profile, root, slot);
         // The VM's display (Proxmox's noVNC console) too, not only the serial
         // port that a VM has only once `qm set --serial0 socket` added it. The
         // last console= is /dev/console, where init's milestones go.
-        args.insert(0, "console=tty0".to_owned());
-        args.push(format!("labimg.slot={slot}"));
+        args.insert(0, "console=tty0");
+        args.set("labimg.slot", slot);
         args
     }
 
@@ -138,7 +139,7 @@ fn esp_tree(target: &Proxmox, i: &DiskInputs) -> Result<Tree> {
         &p.name,
         "a",
         &format!("1-{}", i.root.sha256.get(..12).unwrap_or_default()),
-        &target.cmdline(p, i.root, "a").join(" "),
+        &target.cmdline(p, i.root, "a").to_string(),
     );
     t.insert_file("loader/entries/labimg-a.conf", entry, 0o644)?;
     t.insert_file("labimg/a/vmlinuz", i.kernel.to_vec(), 0o644)?;

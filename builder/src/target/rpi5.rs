@@ -11,6 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail, ensure};
 
 use super::{DiskInputs, Target, common_cmdline};
+use crate::artifact::Cmdline;
 use crate::disk::{self, DiskLayout, Guid, PartitionSpec};
 use crate::fs::fat;
 use crate::profile::{Profile, Rpi};
@@ -92,20 +93,22 @@ impl Target for Rpi5 {
         .collect()
     }
 
-    fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Vec<String> {
-        let mut args = common_cmdline(profile, root, format!("labimg.root=PARTLABEL=root-{slot}"));
+    fn cmdline(&self, profile: &Profile, root: &RootImage, slot: &str) -> Cmdline {
+        let mut args = common_cmdline(profile, root, slot);
         // Keep the profile's own arguments last so they can override ours.
-        let at = args.len() - profile.kernel.cmdline.len();
-        args.splice(
-            at..at,
-            [
-                format!("labimg.slot={slot}"),
-                // k3s refuses to start without the memory cgroup controller,
-                // which the Pi firmware's defaults leave disabled.
-                "cgroup_enable=memory".to_owned(),
-                "cgroup_memory=1".to_owned(),
-            ],
-        );
+        let at = args.args().len() - profile.kernel.cmdline.len();
+        for (i, arg) in [
+            format!("labimg.slot={slot}"),
+            // k3s refuses to start without the memory cgroup controller,
+            // which the Pi firmware's defaults leave disabled.
+            "cgroup_enable=memory".to_owned(),
+            "cgroup_memory=1".to_owned(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            args.insert(at + i, arg);
+        }
         args
     }
 
@@ -191,7 +194,7 @@ fn boot_tree(target: &Rpi5, i: &DiskInputs, slot: &str) -> Result<Tree> {
     let rpi = p.rpi.clone().unwrap_or_default();
     let mut t = Tree::new();
     t.insert_file("config.txt", config_txt(p, &rpi), 0o644)?;
-    let cmdline = target.cmdline(p, i.root, slot).join(" ");
+    let cmdline = target.cmdline(p, i.root, slot).to_string();
     t.insert_file("cmdline.txt", format!("{cmdline}\n"), 0o644)?;
     t.insert_file(KERNEL_FILE, arm64_image(i.kernel)?, 0o644)?;
     t.insert_file(INITRAMFS_FILE, i.initramfs.to_vec(), 0o644)?;
