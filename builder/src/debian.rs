@@ -77,6 +77,7 @@ pub struct FetchedPackage {
 }
 
 /// Verified package indexes of several suites for one architecture.
+#[derive(Debug)]
 pub struct Archive {
     sources: Vec<Source>,
     arch: String,

@@ -15,6 +15,7 @@ use crate::rootfs::node_files;
 use crate::tree::{Entry, Kind, Tree};
 
 /// The compressed initramfs and what went into it.
+#[derive(Debug)]
 pub struct Initramfs {
     pub data: Vec<u8>,
     pub modules: Vec<String>,

@@ -24,6 +24,7 @@ pub const NODE_PACKAGES: &[&str] = &[
 ];
 
 /// Fetched inputs, by destination.
+#[derive(Debug)]
 pub struct Inputs {
     pub kernel: Vec<FetchedPackage>,
     pub root: Vec<FetchedPackage>,
@@ -31,7 +32,7 @@ pub struct Inputs {
 }
 
 /// What the manifest records about the inputs.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct InputSets<'a> {
     pub kernel: &'a Resolution,
     pub root: &'a Resolution,
@@ -39,6 +40,7 @@ pub struct InputSets<'a> {
 }
 
 /// The resolutions behind [`Inputs`], kept for the manifest and `labimg fetch`.
+#[derive(Debug)]
 pub struct Resolved {
     pub kernel: Resolution,
     pub root: Resolution,

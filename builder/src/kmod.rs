@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use crate::tree::Tree;
 
 /// The modules of one kernel version inside a tree.
+#[derive(Debug)]
 pub struct KernelModules {
     /// `usr/lib/modules/<kver>` in the tree.
     pub dir: PathBuf,

@@ -34,7 +34,7 @@ pub struct K3sInfo {
 }
 
 /// `manifest.json`.
-#[derive(Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Manifest<'a> {
     pub labimg_version: &'static str,
     pub profile: String,

@@ -99,6 +99,7 @@ pub enum PreseedError {
 }
 
 /// The embedded templates (`builder/templates/*.j2`).
+#[derive(Debug)]
 pub struct Templates {
     env: minijinja::Environment<'static>,
 }

@@ -27,6 +27,7 @@ pub mod node_files {
 }
 
 /// The assembled root and what was taken out of it for the boot partition.
+#[derive(Debug)]
 pub struct Rootfs {
     pub tree: Tree,
     /// The kernel image from the kernel package's `/boot/vmlinuz-*`.
@@ -35,6 +36,7 @@ pub struct Rootfs {
 }
 
 /// Where the k3s binary comes from.
+#[derive(Debug)]
 pub enum K3sBinary<'a> {
     /// Baked into the image from this file.
     Baked(&'a Path),

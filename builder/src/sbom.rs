@@ -17,6 +17,7 @@ use crate::profile::{CniKind, GitopsEngine, Profile};
 use crate::rootimg::RootImage;
 
 /// What the SBOM describes.
+#[derive(Debug)]
 pub struct SbomInputs<'a> {
     pub profile: &'a Profile,
     pub root: &'a RootImage,

@@ -18,6 +18,7 @@ pub use proxmox::Proxmox;
 pub use rpi5::Rpi5;
 
 /// Everything a target needs to lay out its disk.
+#[derive(Debug)]
 pub struct DiskInputs<'a> {
     pub profile: &'a Profile,
     /// The kernel image (`vmlinuz`).

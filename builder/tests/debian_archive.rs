@@ -288,8 +288,7 @@ fn offline_builds_use_only_what_an_online_run_cached_and_verify_it_again() {
 
     // Nothing cached yet: a clear error, no network.
     let err = Archive::open(DEFAULT_MIRROR, &trixie, "amd64", offline())
-        .err()
-        .expect("an empty cache cannot serve an offline build");
+        .expect_err("an empty cache cannot serve an offline build");
     let text = format!("{err:#}");
     assert!(
         text.contains("offline") && text.contains("InRelease") && text.contains("labimg fetch"),
@@ -332,7 +331,6 @@ fn offline_builds_use_only_what_an_online_run_cached_and_verify_it_again() {
     let text = std::fs::read_to_string(&releases[0]).unwrap();
     std::fs::write(&releases[0], text.replacen("Suite: ", "Suite: x", 1)).unwrap();
     let err = Archive::open(DEFAULT_MIRROR, &trixie, "amd64", offline())
-        .err()
-        .expect("an edited InRelease must not verify");
+        .expect_err("an edited InRelease must not verify");
     assert!(format!("{err:#}").contains("cached copy"), "{err:#}");
 }

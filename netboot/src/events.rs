@@ -84,7 +84,7 @@ impl EventIn {
 }
 
 /// The last [`KEEP_PER_NODE`] events of each MAC.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct EventLog {
     by_mac: Mutex<BTreeMap<Mac, VecDeque<Event>>>,
 }

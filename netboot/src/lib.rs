@@ -144,6 +144,7 @@ pub struct Config {
 }
 
 /// State shared by DHCP, TFTP and HTTP.
+#[derive(Debug)]
 pub struct Shared {
     /// Static settings.
     pub cfg: Config,

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::Mutex;
 
 /// Labelled counters keyed by metric name and label set.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
 }

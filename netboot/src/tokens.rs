@@ -25,6 +25,15 @@ pub struct TokenStore {
     state: Mutex<State>,
 }
 
+/// The path only: the state is secrets.
+impl std::fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// 32 hex characters from the kernel's CSPRNG.
 pub fn random_token() -> Result<String> {
     let mut buf = [0u8; 16];

@@ -83,6 +83,7 @@ pub fn qcow2_overlay(
 
 /// A disk image as raw bytes on the host, with its GPT partitions by name
 /// (`sfdisk --json` is the oracle): what tests read boot files and root slots from.
+#[derive(Debug)]
 pub struct RawDisk {
     pub raw: PathBuf,
     /// (name, first sector, sectors)
@@ -169,6 +170,7 @@ pub fn run(cmd: &mut Command) -> Result<String> {
 }
 
 /// A QEMU machine under construction.
+#[derive(Debug)]
 pub struct Vm {
     name: String,
     args: Vec<String>,
@@ -393,6 +395,7 @@ impl SerialLog {
 }
 
 /// What the serial console said.
+#[derive(Debug)]
 pub struct SerialLog {
     pub name: String,
     pub text: String,

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use crate::run;
 
 /// A network namespace with one bridge; deleted on drop.
+#[derive(Debug)]
 pub struct Netns {
     name: String,
     bridge: String,
@@ -83,6 +84,7 @@ impl Netns {
 
 /// Debian's dnsmasq as the LAN's DHCP server (no DNS, no TFTP) inside a
 /// namespace: the "home router" a node gets its address from. Stopped on drop.
+#[derive(Debug)]
 pub struct DhcpServer {
     child: std::process::Child,
     log: std::path::PathBuf,

@@ -40,6 +40,7 @@ pub struct Download {
 }
 
 /// The on-disk cache plus the HTTP agent that fills it.
+#[derive(Debug)]
 pub struct Cache {
     root: PathBuf,
     agent: ureq::Agent,

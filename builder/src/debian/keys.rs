@@ -51,6 +51,7 @@ pub enum SignatureError {
 }
 
 /// A set of trusted OpenPGP keys.
+#[derive(Debug)]
 pub struct Keyring {
     keys: Vec<SignedPublicKey>,
 }

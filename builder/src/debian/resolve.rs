@@ -14,6 +14,7 @@ use super::packages::Package;
 use super::version::Version;
 
 /// All packages of the configured suites, in preference order.
+#[derive(Debug)]
 pub struct Index {
     arch: String,
     /// (suite name, mirror URL, packages)

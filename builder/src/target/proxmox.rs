@@ -15,6 +15,7 @@ use crate::rootimg::RootImage;
 use crate::tree::Tree;
 
 /// The Proxmox VE target.
+#[derive(Debug)]
 pub struct Proxmox;
 
 const SYSTEMD_BOOT: &str = "usr/lib/systemd/boot/efi/systemd-bootx64.efi";

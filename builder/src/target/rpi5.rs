@@ -19,6 +19,7 @@ use crate::rootimg::RootImage;
 use crate::tree::Tree;
 
 /// The Raspberry Pi 5 target.
+#[derive(Debug)]
 pub struct Rpi5;
 
 /// The name the Pi 5 firmware loads by default; `config.txt` names it too.

@@ -32,6 +32,7 @@ pub enum Nak {
 }
 
 /// Leases of the full-mode server.
+#[derive(Debug)]
 pub struct LeaseStore {
     path: PathBuf,
     start: u32,

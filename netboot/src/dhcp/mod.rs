@@ -57,6 +57,7 @@ impl std::fmt::Display for DhcpMode {
 
 /// The DHCP service. It reads its settings (mode, pool, router, DNS, lease time and
 /// file, ports) from [`ServeOptions`] directly: they are declared once, there.
+#[derive(Debug)]
 pub struct DhcpServer {
     opts: ServeOptions,
     shared: Arc<Shared>,

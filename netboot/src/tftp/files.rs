@@ -10,6 +10,7 @@ use crate::Shared;
 use crate::boot;
 
 /// Bytes to send.
+#[derive(Debug)]
 pub enum Source {
     /// Generated in memory.
     Mem(Vec<u8>),

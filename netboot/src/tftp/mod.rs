@@ -25,6 +25,7 @@ pub const MAX_WINDOW: u16 = 64;
 const MAX_RETRIES: u32 = 5;
 
 /// The TFTP service.
+#[derive(Debug)]
 pub struct Tftp {
     sock: UdpSocket,
     shared: Arc<Shared>,
