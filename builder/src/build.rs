@@ -16,6 +16,7 @@ use crate::initramfs::make_initramfs;
 use crate::inputs::{fetch_inputs, resolve_inputs};
 use crate::manifest::{self, K3sInfo, Manifest, OutputFile};
 use crate::nodecfg;
+use crate::plan::BuildPlan;
 use crate::preseed::{Destination, RenderOptions};
 use crate::profile::{ImageFormat, Profile};
 use crate::rootfs::{self, K3sBinary, assemble_rootfs};
@@ -87,6 +88,27 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// Removes a half-written output folder unless the build succeeded.
 struct Staging(PathBuf);
 
+impl Staging {
+    /// A fresh staging folder for `plan` (0700 from its creation for a private build:
+    /// publishing renames it, so the folder stays private), with `netboot/`.
+    fn create(plan: &BuildPlan) -> Result<Staging> {
+        let parent = crate::plan::parent_of(&plan.out_dir);
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let staging = Staging(plan.staging.clone());
+        let _ = std::fs::remove_dir_all(&staging.0);
+        if plan.private {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&staging.0)
+                .with_context(|| format!("creating {}", staging.0.display()))?;
+        }
+        std::fs::create_dir_all(staging.0.join("netboot"))?;
+        Ok(staging)
+    }
+}
+
 impl Drop for Staging {
     fn drop(&mut self) {
         if self.0.exists() {
@@ -97,40 +119,18 @@ impl Drop for Staging {
 
 /// Builds every output of `profile`.
 pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
-    let target = target::for_profile(profile)?;
-    anyhow::ensure!(
-        !opts.embed_secrets || opts.node.is_some(),
-        "--embed-secrets needs --node <hostname>: an image that carries secrets is built for \
-         one machine (its own folder images/<name>-<hostname>/), not shared"
-    );
-    if let Some(node) = &opts.node {
-        let names: Vec<&str> = profile.nodes.iter().map(|n| n.hostname.as_str()).collect();
-        anyhow::ensure!(
-            names.contains(&node.as_str()),
-            "--node {node}: profile {} has no such node in [[nodes]] (it has: {})",
-            profile.name,
-            if names.is_empty() {
-                "none".to_owned()
-            } else {
-                names.join(", ")
-            }
-        );
+    let source_date_epoch = std::env::var("SOURCE_DATE_EPOCH").ok();
+    let plan = BuildPlan::new(
+        profile,
+        opts,
+        source_date_epoch.as_deref(),
+        std::process::id(),
+    )?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
     }
-    // An image with secrets must not upgrade itself from the shared, secret-less
-    // bundle (its node would lose its token), so it gets no labimg.upgrade=.
-    let unshared;
-    let profile = if opts.embed_secrets && profile.upgrade.url.is_some() {
-        tracing::warn!(
-            "--embed-secrets: this image does not pull upgrades from upgrade.url (the shared \
-             bundle has no secrets); upgrade it by building it again"
-        );
-        let mut p = profile.clone();
-        p.upgrade.url = None;
-        unshared = p;
-        &unshared
-    } else {
-        profile
-    };
+    let (profile, epoch, netboot, render) = (&plan.profile, plan.epoch, plan.netboot, &plan.render);
+    let target = target::for_profile(profile)?;
     // Loaded (and decrypted) first, so a wrong password fails before a long build.
     let sign_key = opts
         .sign_key
@@ -138,59 +138,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         .map(crate::sign::load_secret_key)
         .transpose()?;
     check_upgrade_key(profile, sign_key.as_ref())?;
-    let epoch = opts.source_date_epoch.unwrap_or_else(|| {
-        std::env::var("SOURCE_DATE_EPOCH")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    });
-    let shared_dir = profile
-        .outputs
-        .dir
-        .as_ref()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new("images").join(&profile.name));
-    let out_dir = opts.out_dir.clone().unwrap_or_else(|| match &opts.node {
-        // Beside the shared build, never over it.
-        Some(node) => {
-            let mut name = shared_dir.file_name().unwrap_or_default().to_os_string();
-            name.push(format!("-{node}"));
-            shared_dir.with_file_name(name)
-        }
-        None => shared_dir,
-    });
-    let parent = out_dir
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let file_name = out_dir
-        .file_name()
-        .context("the output folder has no name")?
-        .to_string_lossy();
-    let staging = Staging(parent.join(format!(".{file_name}.partial-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&staging.0);
-    if opts.embed_secrets {
-        // Created private, and published by renaming it: the folder stays 0700.
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&staging.0)
-            .with_context(|| format!("creating {}", staging.0.display()))?;
-    }
-    // netboot/ is served to the whole LAN: never with a root image that holds secrets.
-    let netboot = profile.outputs.netboot && !opts.embed_secrets;
-    if profile.outputs.netboot && opts.embed_secrets {
-        tracing::warn!(
-            "--embed-secrets: writing no netboot artifacts and no upgrade bundle (they are \
-             served to anyone on the LAN, and this root image holds secrets)"
-        );
-    }
-    anyhow::ensure!(
-        netboot || !profile.outputs.formats.is_empty(),
-        "nothing to write: --embed-secrets leaves out netboot artifacts, and outputs.formats is empty"
-    );
-    std::fs::create_dir_all(staging.0.join("netboot"))?;
+    let staging = Staging::create(&plan)?;
     let work = &staging.0;
 
     let cache = match &opts.cache_dir {
@@ -208,18 +156,13 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         None => K3sBinary::FirstBoot,
     };
     let k3s = k3s_info(profile, opts.k3s_binary.as_deref())?;
-    let render = RenderOptions {
-        embed_secrets: opts.embed_secrets,
-        only_node: opts.node.clone(),
-        ..Default::default()
-    };
     let rootfs = step("assemble rootfs", || {
         assemble_rootfs(
             profile,
             &inputs.kernel,
             &inputs.root,
             k3s_source,
-            &render,
+            render,
             epoch,
         )
     })?;
@@ -255,30 +198,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     if netboot && let Some((dir, files)) = target.netboot_files(&disk_inputs)? {
         files.write_to_dir(&work.join("netboot").join(dir))?;
     }
-    for format in &profile.outputs.formats {
-        match format {
-            ImageFormat::RawXz => step("compress raw.xz", || {
-                let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
-                crate::compress::xz_file_parallel(&raw, &raw.with_extension("raw.xz"), threads)
-                    .map(|_| ())
-            })?,
-            ImageFormat::Qcow2 => step("convert qcow2", || {
-                disk::qcow2_from_raw(&raw, &raw.with_extension("qcow2"))
-            })?,
-        }
-    }
-    std::fs::remove_file(&raw)?;
-    if opts.embed_secrets {
-        use std::os::unix::fs::PermissionsExt;
-        for format in &profile.outputs.formats {
-            let path = raw.with_extension(match format {
-                ImageFormat::RawXz => "raw.xz",
-                ImageFormat::Qcow2 => "qcow2",
-            });
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .with_context(|| format!("making {} private", path.display()))?;
-        }
-    }
+    write_formats(&plan, &raw)?;
     if !netboot {
         std::fs::remove_dir_all(work.join("netboot"))?;
     }
@@ -307,7 +227,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         })?;
     }
     let nodes = step("write node configs", || {
-        write_node_dirs(work, profile, &render)
+        write_node_dirs(work, profile, render)
     })?;
 
     step("write sbom", || {
@@ -356,8 +276,42 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     if let Some(key) = &sign_key {
         step("sign SHA256SUMS", || crate::sign::sign_sums(work, key))?;
     }
-    publish(&staging.0, &out_dir)?;
-    Ok(BuildResult { out_dir, outputs })
+    publish(&staging.0, &plan.out_dir)?;
+    Ok(BuildResult {
+        out_dir: plan.out_dir,
+        outputs,
+    })
+}
+
+/// The disk image in each of `outputs.formats` (0600 in a private build), then
+/// the raw image they were made from is removed.
+fn write_formats(plan: &BuildPlan, raw: &Path) -> Result<()> {
+    let formats = &plan.profile.outputs.formats;
+    for format in formats {
+        match format {
+            ImageFormat::RawXz => step("compress raw.xz", || {
+                let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
+                crate::compress::xz_file_parallel(raw, &raw.with_extension("raw.xz"), threads)
+                    .map(|_| ())
+            })?,
+            ImageFormat::Qcow2 => step("convert qcow2", || {
+                disk::qcow2_from_raw(raw, &raw.with_extension("qcow2"))
+            })?,
+        }
+    }
+    std::fs::remove_file(raw)?;
+    if plan.private {
+        use std::os::unix::fs::PermissionsExt;
+        for format in formats {
+            let path = raw.with_extension(match format {
+                ImageFormat::RawXz => "raw.xz",
+                ImageFormat::Qcow2 => "qcow2",
+            });
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", path.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// With `upgrade.public-key`, nodes accept only bundles signed by that key: a

@@ -18,6 +18,7 @@ pub mod kconfig;
 pub mod kmod;
 pub mod manifest;
 pub mod nodecfg;
+pub mod plan;
 pub mod preseed;
 pub mod profile;
 pub mod rootfs;

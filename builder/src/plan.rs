@@ -1,0 +1,266 @@
+//! The build's decisions, made before any work: where the outputs go and where
+//! they are staged, whether they are private, whether netboot artifacts and an
+//! upgrade bundle are written, which profile is built (`--embed-secrets` changes
+//! it), and the timestamp of every file. Pure: the same profile, options and
+//! environment give the same plan, and nothing is read or written.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+
+use crate::build::BuildOptions;
+use crate::preseed::RenderOptions;
+use crate::profile::Profile;
+
+/// What `build` will do, decided up front.
+#[derive(Clone, Debug)]
+pub struct BuildPlan {
+    /// The profile as built: with `--embed-secrets` it pulls no upgrades.
+    pub profile: Profile,
+    /// The published output folder.
+    pub out_dir: PathBuf,
+    /// Where the outputs are written first (`.<out>.partial-<pid>` beside it),
+    /// renamed to `out_dir` only when everything succeeded.
+    pub staging: PathBuf,
+    /// The outputs hold secrets (`--embed-secrets`): the folder is 0700 from its
+    /// creation and the disk images 0600.
+    pub private: bool,
+    /// `netboot/` and the upgrade bundle are written (served to the whole LAN, so
+    /// never with secrets in the root image).
+    pub netboot: bool,
+    /// Seconds since the epoch for every timestamp in every output.
+    pub epoch: u64,
+    /// How node directories are rendered.
+    pub render: RenderOptions,
+    /// Said once, before the build starts.
+    pub warnings: Vec<String>,
+}
+
+impl BuildPlan {
+    /// Decides the build of `profile` with `opts`; `source_date_epoch` is the
+    /// environment's `SOURCE_DATE_EPOCH` and `pid` names the staging folder.
+    pub fn new(
+        profile: &Profile,
+        opts: &BuildOptions,
+        source_date_epoch: Option<&str>,
+        pid: u32,
+    ) -> Result<BuildPlan> {
+        ensure!(
+            !opts.embed_secrets || opts.node.is_some(),
+            "--embed-secrets needs --node <hostname>: an image that carries secrets is built \
+             for one machine (its own folder images/<name>-<hostname>/), not shared"
+        );
+        if let Some(node) = &opts.node {
+            let names: Vec<&str> = profile.nodes.iter().map(|n| n.hostname.as_str()).collect();
+            ensure!(
+                names.contains(&node.as_str()),
+                "--node {node}: profile {} has no such node in [[nodes]] (it has: {})",
+                profile.name,
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            );
+        }
+        let mut warnings = Vec::new();
+        let mut built = profile.clone();
+        // An image with secrets must not upgrade itself from the shared, secret-less
+        // bundle (its node would lose its token), so it gets no labimg.upgrade=.
+        if opts.embed_secrets && built.upgrade.url.take().is_some() {
+            warnings.push(
+                "--embed-secrets: this image does not pull upgrades from upgrade.url (the \
+                 shared bundle has no secrets); upgrade it by building it again"
+                    .to_owned(),
+            );
+        }
+        let netboot = profile.outputs.netboot && !opts.embed_secrets;
+        if profile.outputs.netboot && opts.embed_secrets {
+            warnings.push(
+                "--embed-secrets: writing no netboot artifacts and no upgrade bundle (they are \
+                 served to anyone on the LAN, and this root image holds secrets)"
+                    .to_owned(),
+            );
+        }
+        ensure!(
+            netboot || !profile.outputs.formats.is_empty(),
+            "nothing to write: --embed-secrets leaves out netboot artifacts, and \
+             outputs.formats is empty"
+        );
+        let out_dir = out_dir(profile, opts);
+        let file_name = out_dir
+            .file_name()
+            .context("the output folder has no name")?
+            .to_string_lossy()
+            .into_owned();
+        let staging = parent_of(&out_dir).join(format!(".{file_name}.partial-{pid}"));
+        let epoch = opts
+            .source_date_epoch
+            .or_else(|| source_date_epoch?.parse().ok())
+            .unwrap_or(0);
+        Ok(BuildPlan {
+            profile: built,
+            out_dir,
+            staging,
+            private: opts.embed_secrets,
+            netboot,
+            epoch,
+            render: RenderOptions {
+                embed_secrets: opts.embed_secrets,
+                only_node: opts.node.clone(),
+                ..Default::default()
+            },
+            warnings,
+        })
+    }
+}
+
+/// The folder the output folder is created in (`.` for a bare name).
+pub fn parent_of(out_dir: &Path) -> &Path {
+    out_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// `--out`, else `outputs.dir`, else `images/<profile name>/`; a per-node build
+/// goes beside the shared one (`images/<name>-<node>/`), never over it.
+fn out_dir(profile: &Profile, opts: &BuildOptions) -> PathBuf {
+    if let Some(dir) = &opts.out_dir {
+        return dir.clone();
+    }
+    let shared = profile
+        .outputs
+        .dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("images").join(&profile.name));
+    match &opts.node {
+        Some(node) => {
+            let mut name = shared.file_name().unwrap_or_default().to_os_string();
+            name.push(format!("-{node}"));
+            shared.with_file_name(name)
+        }
+        None => shared,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::ImageFormat;
+
+    fn profile() -> Profile {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+        let path = dir.join("examples/proxmox-flux.toml");
+        crate::profile::load(path.to_str().unwrap(), &dir, &[]).unwrap()
+    }
+
+    fn plan(p: &Profile, opts: &BuildOptions) -> Result<BuildPlan> {
+        BuildPlan::new(p, opts, None, 42)
+    }
+
+    #[test]
+    fn a_shared_build_goes_to_images_name_through_a_staging_folder() {
+        let p = profile();
+        let b = plan(&p, &BuildOptions::default()).unwrap();
+        assert_eq!(b.out_dir, Path::new("images/proxmox-flux"));
+        assert_eq!(b.staging, Path::new("images/.proxmox-flux.partial-42"));
+        assert!(b.netboot && !b.private && b.warnings.is_empty());
+        assert_eq!(b.profile, p);
+        let bare = BuildOptions {
+            out_dir: Some("out".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&p, &bare).unwrap().staging,
+            Path::new("./.out.partial-42")
+        );
+        let mut moved = p.clone();
+        moved.outputs.dir = Some("/srv/labimg/flux".into());
+        assert_eq!(
+            plan(&moved, &BuildOptions::default()).unwrap().out_dir,
+            Path::new("/srv/labimg/flux")
+        );
+    }
+
+    #[test]
+    fn a_node_build_goes_beside_the_shared_one_and_must_name_a_node() {
+        let p = profile();
+        let node = |n: &str, embed: bool| BuildOptions {
+            node: Some(n.into()),
+            embed_secrets: embed,
+            ..Default::default()
+        };
+        let b = plan(&p, &node("pve-w1", false)).unwrap();
+        assert_eq!(b.out_dir, Path::new("images/proxmox-flux-pve-w1"));
+        assert!(b.netboot && !b.private);
+        assert_eq!(b.render.only_node.as_deref(), Some("pve-w1"));
+        let e = plan(&p, &node("nope", false)).unwrap_err().to_string();
+        assert!(e.contains("--node nope") && e.contains("pve-cp1"), "{e}");
+        let e = plan(
+            &p,
+            &BuildOptions {
+                embed_secrets: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--embed-secrets needs --node"), "{e}");
+    }
+
+    #[test]
+    fn embedded_secrets_make_a_private_build_without_netboot_or_upgrades() {
+        let mut p = profile();
+        p.upgrade.url = Some("http://boot.lan/images/proxmox-flux/".into());
+        let b = plan(
+            &p,
+            &BuildOptions {
+                node: Some("pve-cp1".into()),
+                embed_secrets: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(b.private && !b.netboot && b.render.embed_secrets);
+        assert_eq!(b.profile.upgrade.url, None);
+        assert_eq!(b.warnings.len(), 2, "{:?}", b.warnings);
+        p.outputs.formats = Vec::<ImageFormat>::new();
+        let e = plan(
+            &p,
+            &BuildOptions {
+                node: Some("pve-cp1".into()),
+                embed_secrets: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nothing to write"), "{e}");
+    }
+
+    #[test]
+    fn the_epoch_is_the_option_else_source_date_epoch_else_zero() {
+        let p = profile();
+        let opts = BuildOptions::default();
+        assert_eq!(BuildPlan::new(&p, &opts, None, 1).unwrap().epoch, 0);
+        assert_eq!(
+            BuildPlan::new(&p, &opts, Some("1700000000"), 1)
+                .unwrap()
+                .epoch,
+            1_700_000_000
+        );
+        assert_eq!(BuildPlan::new(&p, &opts, Some("junk"), 1).unwrap().epoch, 0);
+        let fixed = BuildOptions {
+            source_date_epoch: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(
+            BuildPlan::new(&p, &fixed, Some("1700000000"), 1)
+                .unwrap()
+                .epoch,
+            5
+        );
+    }
+}
