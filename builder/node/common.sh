@@ -292,7 +292,7 @@ derived_hostname() {
 # into LB_HOSTNAME, LB_HOSTNAME_PREFIX, LB_ROLE, LB_IP, LB_GATEWAY, LB_DNS,
 # LB_K3S_SHA256 and LB_K3S_URL_SOURCE; a key the file lacks is empty. The keys are the
 # builder's and are read nowhere else; none of them is left set afterwards (the
-# builder also writes K3S_VERSION=, for people, and an always empty EVENTS_URL=).
+# builder also writes K3S_VERSION=, for people).
 # shellcheck disable=SC2034 # the LB_ names are read by stage 2
 node_env_load() {
 	HOSTNAME='' HOSTNAME_PREFIX='' ROLE='' IP='' GATEWAY='' DNS='' K3S_SHA256='' K3S_URL_SOURCE=''
@@ -306,5 +306,5 @@ node_env_load() {
 	LB_DNS=$DNS
 	LB_K3S_SHA256=$K3S_SHA256
 	LB_K3S_URL_SOURCE=$K3S_URL_SOURCE
-	unset HOSTNAME HOSTNAME_PREFIX ROLE IP GATEWAY DNS K3S_SHA256 K3S_URL_SOURCE K3S_VERSION EVENTS_URL
+	unset HOSTNAME HOSTNAME_PREFIX ROLE IP GATEWAY DNS K3S_SHA256 K3S_URL_SOURCE K3S_VERSION
 }

@@ -143,7 +143,6 @@ pub fn node_env(profile: &Profile, node: &Node) -> String {
             profile.k3s_sha256().unwrap_or_default().to_owned(),
         ),
         ("K3S_URL_SOURCE", profile.k3s_url()),
-        ("EVENTS_URL", String::new()),
     ];
     let mut out =
         String::from("# Rendered by labimg from the profile; sourced by /usr/lib/labimg/init.\n");
