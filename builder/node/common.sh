@@ -308,3 +308,57 @@ node_env_load() {
 	LB_K3S_URL_SOURCE=$K3S_URL_SOURCE
 	unset HOSTNAME HOSTNAME_PREFIX ROLE IP GATEWAY DNS K3S_SHA256 K3S_URL_SOURCE K3S_VERSION
 }
+
+# kv_get FILE KEY: the value of KEY in FILE, a file of `KEY='value'` lines as the
+# builder writes them (upgrade.env, builder/src/upgrade.rs), read as data: nothing is
+# sourced or evaluated. Besides empty and `#` lines every line must be a key of
+# capitals, digits and _ (not starting with a digit), `=`, and a value in single quotes
+# without a quote or backslash inside; any other line, or any key twice, fails the
+# whole file (status 2, the line on stderr), so a damaged file is never half read.
+# Status 1: the file is fine but has no KEY.
+kv_get() {
+	labimg_kv_found=
+	labimg_kv_val=
+	labimg_kv_seen=' '
+	while IFS= read -r labimg_kv_line || [ -n "$labimg_kv_line" ]; do
+		case "$labimg_kv_line" in
+		'' | '#'*) continue ;;
+		esac
+		labimg_kv_k=${labimg_kv_line%%=*}
+		labimg_kv_v=${labimg_kv_line#*=}
+		case "$labimg_kv_k" in
+		'' | [!A-Z_]* | *[!A-Z0-9_]*) labimg_kv_k= ;;
+		esac
+		case "$labimg_kv_v" in
+		\'*\') labimg_kv_v=${labimg_kv_v#\'} labimg_kv_v=${labimg_kv_v%\'} ;;
+		*) labimg_kv_k= ;;
+		esac
+		case "$labimg_kv_v" in
+		*[\'\\]*) labimg_kv_k= ;;
+		esac
+		if [ -z "$labimg_kv_k" ] || [ "$labimg_kv_line" = "$labimg_kv_k" ]; then
+			printf 'kv_get: %s: not a KEY='"'"'value'"'"' line: %s\n' "$1" "$labimg_kv_line" >&2
+			return 2
+		fi
+		case "$labimg_kv_seen" in
+		*" $labimg_kv_k "*)
+			printf 'kv_get: %s: %s twice\n' "$1" "$labimg_kv_k" >&2
+			return 2
+			;;
+		esac
+		labimg_kv_seen="$labimg_kv_seen$labimg_kv_k "
+		[ "$labimg_kv_k" = "$2" ] || continue
+		labimg_kv_found=1
+		labimg_kv_val=$labimg_kv_v
+	done <"$1" || return 2
+	[ -n "$labimg_kv_found" ] || return 1
+	printf '%s\n' "$labimg_kv_val"
+}
+
+# sums_get SUMS FILE: the sha256 (lowercase) that SUMS, in sha256sum's format
+# (`<sha256>  <path>`, or ` *<path>` in binary mode), lists for FILE; status 1 if none.
+sums_get() {
+	labimg_sum=$(awk -v f="$2" '$2 == f || $2 == "*" f { print $1; exit }' "$1") || return 1
+	[ -n "$labimg_sum" ] || return 1
+	lower "$labimg_sum"
+}

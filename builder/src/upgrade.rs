@@ -1,11 +1,13 @@
-//! The upgrade bundle: `upgrade.json` in the output folder tells a running
+//! The upgrade bundle: `upgrade.env` in the output folder tells a running
 //! node's upgrade agent (`builder/node/upgrade`) what to write into its
 //! inactive slot — root image, kernel and initramfs with their sha256 and
 //! size, and the kernel command line for each slot. The files themselves are
 //! the `netboot/` artifacts, so the output folder served over HTTP (or copied
 //! to the node) is the bundle. For the Raspberry Pi 5 it also lists the boot
 //! partition files under `netboot/rpi/` (`rpi_boot`), which the agent copies
-//! to the inactive slot's boot partition.
+//! to the inactive slot's boot partition. `upgrade.json` says the same for
+//! people and tools; both are rendered from one [`Bundle`] by [`Bundle::render`],
+//! so they cannot disagree.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,8 +26,9 @@ pub struct BundleFile {
     pub size: u64,
 }
 
-/// `upgrade.json`. The node agent parses it with awk, one key per line, so it
-/// is always written pretty-printed and holds only strings and numbers.
+/// The bundle's index, written as `upgrade.json` (pretty-printed, for people,
+/// `labimg inspect` and tests) and as `upgrade.env` (`KEY='value'` lines, what
+/// the node agent reads with `kv_get` from `common.sh`).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Bundle {
     /// The first 12 hex digits of the root image's sha256: what the node
@@ -79,10 +82,11 @@ fn rpi_boot_files(out_dir: &Path) -> Result<Option<BTreeMap<String, String>>> {
             if rel == "cmdline.txt" {
                 continue;
             }
-            // The node reads keys line by line with awk and uses them as paths.
             anyhow::ensure!(
-                !rel.contains(['\n', '"', '\\', ' ']) && !rel.split('/').any(|c| c == ".."),
-                "boot file name {rel:?} cannot go into upgrade.json"
+                is_plain_path(&rel),
+                "boot file name {rel:?} cannot go into upgrade.env: the node splits its list \
+                 of boot files at spaces and uses each as a path, so only letters, digits \
+                 and ._+,@- are allowed, and no empty or .. component"
             );
             let (sha256, _) =
                 hash_file(&path).with_context(|| format!("hashing {}", path.display()))?;
@@ -102,8 +106,93 @@ fn bundle_file(out_dir: &Path, rel: &str) -> Result<BundleFile> {
     })
 }
 
+/// A relative path the node can take as one word of `LABIMG_BUNDLE_RPI_FILES`
+/// (split at spaces, unquoted, with globbing off) and use under its work folder.
+fn is_plain_path(rel: &str) -> bool {
+    !rel.is_empty()
+        && rel.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "._+,@-".contains(ch))
+        })
+}
+
+/// The prefix of every `upgrade.env` key.
+pub const ENV_PREFIX: &str = "LABIMG_BUNDLE_";
+
+impl Bundle {
+    /// `upgrade.json` and `upgrade.env`, in that order: the only place either
+    /// is rendered. Refuses a value `upgrade.env` cannot carry as `KEY='value'`
+    /// (a single quote, backslash, newline or carriage return).
+    pub fn render(&self) -> Result<(String, String)> {
+        let json = serde_json::to_string_pretty(self)? + "\n";
+        let mut pairs: Vec<(String, String)> = vec![
+            ("VERSION".into(), self.version.clone()),
+            ("PROFILE".into(), self.profile.clone()),
+            (
+                "SOURCE_DATE_EPOCH".into(),
+                self.source_date_epoch.to_string(),
+            ),
+        ];
+        for (name, f) in [
+            ("ROOT", &self.root),
+            ("KERNEL", &self.kernel),
+            ("INITRD", &self.initrd),
+        ] {
+            pairs.push((format!("{name}_FILE"), f.file.clone()));
+            pairs.push((format!("{name}_SHA256"), f.sha256.clone()));
+            pairs.push((format!("{name}_SIZE"), f.size.to_string()));
+        }
+        for (slot, line) in &self.cmdline {
+            anyhow::ensure!(
+                !slot.is_empty() && slot.chars().all(|c| c.is_ascii_lowercase()),
+                "slot name {slot:?} cannot be an upgrade.env key"
+            );
+            // Also no double quote: the line goes verbatim into a boot entry's
+            // `options` and the Pi's cmdline.txt.
+            anyhow::ensure!(
+                !line.contains('"'),
+                "the kernel command line for slot {slot} contains a double quote"
+            );
+            pairs.push((
+                format!("CMDLINE_{}", slot.to_ascii_uppercase()),
+                line.clone(),
+            ));
+        }
+        if let Some(files) = &self.rpi_boot {
+            for path in files.keys() {
+                anyhow::ensure!(
+                    is_plain_path(path),
+                    "boot file name {path:?} cannot go into upgrade.env"
+                );
+            }
+            let words: Vec<&str> = files
+                .iter()
+                .flat_map(|(p, h)| [p.as_str(), h.as_str()])
+                .collect();
+            pairs.push(("RPI_FILES".into(), words.join(" ")));
+        }
+        let mut env = String::from(
+            "# labimg upgrade bundle (builder/src/upgrade.rs); the node agent reads it\n\
+             # with kv_get (builder/node/common.sh): KEY='value' lines only.\n",
+        );
+        for (key, value) in pairs {
+            anyhow::ensure!(
+                !value.contains(['\'', '\\', '\n', '\r']),
+                "{ENV_PREFIX}{key} {value:?} contains a quote, backslash or newline, \
+                 which upgrade.env cannot carry"
+            );
+            env.push_str(&format!("{ENV_PREFIX}{key}='{value}'\n"));
+        }
+        Ok((json, env))
+    }
+}
+
 /// Describes the netboot artifacts already written under `out_dir/netboot/`
-/// as an upgrade bundle and writes `out_dir/upgrade.json`.
+/// as an upgrade bundle and writes `out_dir/upgrade.json` and
+/// `out_dir/upgrade.env` (nothing if either cannot be rendered).
 pub fn write_upgrade_json(
     out_dir: &Path,
     profile: &str,
@@ -129,16 +218,11 @@ pub fn write_upgrade_json(
         cmdline: cmdline.clone(),
         rpi_boot: rpi_boot_files(out_dir)?,
     };
-    for (slot, line) in &bundle.cmdline {
-        // The node reads values line by line; a newline or quote would break it.
-        anyhow::ensure!(
-            !line.contains(['\n', '"', '\\']),
-            "the kernel command line for slot {slot} contains a newline, quote or backslash"
-        );
+    let (json, env) = bundle.render()?;
+    for (name, text) in [("upgrade.json", json), ("upgrade.env", env)] {
+        let path = out_dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    let path = out_dir.join("upgrade.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&bundle)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))?;
     Ok(bundle)
 }
 
@@ -198,6 +282,19 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} not in {text}");
         }
+        let env = std::fs::read_to_string(dir.path().join("upgrade.env")).unwrap();
+        for line in [
+            "LABIMG_BUNDLE_VERSION='abababababab'",
+            "LABIMG_BUNDLE_SOURCE_DATE_EPOCH='1'",
+            "LABIMG_BUNDLE_ROOT_FILE='netboot/root.squashfs'",
+            "LABIMG_BUNDLE_ROOT_SIZE='4096'",
+            "LABIMG_BUNDLE_KERNEL_SHA256='6923dd1bc0460082c5d55a831908c24a282860b7f1cd6c2b79cf1bc8857c639c'",
+            "LABIMG_BUNDLE_INITRD_SIZE='0'",
+            "LABIMG_BUNDLE_CMDLINE_B='console=ttyS0 labimg.slot=b'",
+        ] {
+            assert!(env.lines().any(|l| l == line), "{line:?} not in {env}");
+        }
+        assert!(!env.contains("RPI_FILES"), "{env}");
     }
 
     #[test]
@@ -245,6 +342,39 @@ mod tests {
     }
 
     #[test]
+    fn upgrade_env_lists_the_rpi_boot_files_as_path_sha256_words() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("netboot/rpi/overlays")).unwrap();
+        std::fs::write(dir.path().join("netboot/vmlinuz"), b"kernel").unwrap();
+        std::fs::write(dir.path().join("netboot/initrd.img"), b"").unwrap();
+        std::fs::write(dir.path().join("netboot/rpi/config.txt"), b"kernel").unwrap();
+        std::fs::write(dir.path().join("netboot/rpi/overlays/x.dtbo"), b"").unwrap();
+        let root = RootImage {
+            path: dir.path().join("netboot/root.squashfs"),
+            size: 1,
+            sha256: "00".repeat(32),
+            verity: verity(),
+        };
+        write_upgrade_json(dir.path(), "p", 1, &root, &BTreeMap::new()).unwrap();
+        let env = std::fs::read_to_string(dir.path().join("upgrade.env")).unwrap();
+        let kernel = "6923dd1bc0460082c5d55a831908c24a282860b7f1cd6c2b79cf1bc8857c639c";
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let want = format!("LABIMG_BUNDLE_RPI_FILES='config.txt {kernel} overlays/x.dtbo {empty}'");
+        assert!(env.lines().any(|l| l == want), "{want} not in {env}");
+
+        // A name the node would split or glob is refused, and nothing is written.
+        std::fs::remove_file(dir.path().join("upgrade.env")).unwrap();
+        std::fs::write(dir.path().join("netboot/rpi/a b.txt"), b"").unwrap();
+        let err = write_upgrade_json(dir.path(), "p", 1, &root, &BTreeMap::new()).unwrap_err();
+        assert!(format!("{err:#}").contains("\"a b.txt\""), "{err:#}");
+        assert!(!dir.path().join("upgrade.env").exists());
+        for bad in ["a*b", "a'b", "a\\b", "", "../x", "a//b", "./a"] {
+            assert!(!is_plain_path(bad), "{bad:?}");
+        }
+        assert!(is_plain_path("overlays/vc4-kms-v3d-pi5.dtbo"));
+    }
+
+    #[test]
     fn refuses_a_cmdline_the_node_cannot_parse() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("netboot")).unwrap();
@@ -259,5 +389,15 @@ mod tests {
         let cmdline = BTreeMap::from([("a".to_owned(), "x=\"y z\"".to_owned())]);
         let err = write_upgrade_json(dir.path(), "p", 1, &root, &cmdline).unwrap_err();
         assert!(format!("{err:#}").contains("slot a"), "{err:#}");
+        for line in ["x='y'", "x=a\\b", "x\ny"] {
+            let cmdline = BTreeMap::from([("b".to_owned(), line.to_owned())]);
+            let err = write_upgrade_json(dir.path(), "p", 1, &root, &cmdline).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("LABIMG_BUNDLE_CMDLINE_B"),
+                "{line:?}: {err:#}"
+            );
+        }
+        assert!(!dir.path().join("upgrade.env").exists());
+        assert!(!dir.path().join("upgrade.json").exists());
     }
 }

@@ -1,6 +1,7 @@
 //! The artifact contract of every shipped profile and example, as golden files:
 //! each target's kernel command lines (slots a and b, and the netboot form),
-//! `netboot.json` and `upgrade.json`, for a fixed root image. A change to any of
+//! `netboot.json`, `upgrade.json` and `upgrade.env` (what the node's upgrade agent
+//! reads), for a fixed root image. A change to any of
 //! them shows up here as a diff a reviewer reads, not only as a boot test failure.
 //! `UPDATE_GOLDEN=1 cargo nextest run -p labimg-builder --test contract_golden`
 //! rewrites them.
@@ -50,16 +51,17 @@ fn contract(p: &Profile) -> String {
     ]);
     labimg_builder::upgrade::write_upgrade_json(dir.path(), &p.name, 0, &root, &lines).unwrap();
     let upgrade = std::fs::read_to_string(dir.path().join("upgrade.json")).unwrap();
+    let upgrade_env = std::fs::read_to_string(dir.path().join("upgrade.env")).unwrap();
     format!(
         "# cmdline slot a\n{a}\n# cmdline slot b\n{b}\n# cmdline netboot\n{}\n\
-         # netboot/netboot.json\n{}# upgrade.json\n{upgrade}",
+         # netboot/netboot.json\n{}# upgrade.json\n{upgrade}# upgrade.env\n{upgrade_env}",
         a.netboot(),
         target::netboot_info(p, &root, &a).to_json(),
     )
 }
 
 #[test]
-fn command_lines_netboot_json_and_upgrade_json_match_their_golden_files() {
+fn command_lines_netboot_json_upgrade_json_and_upgrade_env_match_their_golden_files() {
     let dir = common::profiles_dir();
     let mut profiles: Vec<(String, Profile)> = ["pi5", "proxmox"]
         .iter()

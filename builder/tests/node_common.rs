@@ -346,7 +346,7 @@ const NODE_ENV_KEYS: [&str; 8] = [
 /// are still set.
 fn load(n: &Node, file: &str, before: &str) -> Vec<String> {
     let script = format!(
-        "{before}\nnode_env_load {}\n{}\nfor v in HOSTNAME ROLE IP DNS K3S_VERSION EVENTS_URL; do eval \"[ -z \\\"\\${{$v+set}}\\\" ] || echo still-set $v\"; done",
+        "{before}\nnode_env_load {}\n{}\nfor v in HOSTNAME ROLE IP DNS K3S_VERSION; do eval \"[ -z \\\"\\${{$v+set}}\\\" ] || echo still-set $v\"; done",
         q(file),
         NODE_ENV_KEYS
             .iter()
@@ -390,7 +390,7 @@ fn node_env_load_leaves_nothing_stale() {
     let n = Node::new();
     let f = n.write(
         "node.env",
-        b"HOSTNAME='it'\\''s'\nROLE='agent'\nDNS='1.1.1.1 9.9.9.9'\nK3S_VERSION='v1'\nEVENTS_URL=''\n",
+        b"HOSTNAME='it'\\''s'\nROLE='agent'\nDNS='1.1.1.1 9.9.9.9'\nK3S_VERSION='v1'\n",
     );
     let got = load(
         &n,
@@ -411,4 +411,142 @@ fn node_env_load_leaves_nothing_stale() {
         ],
         "keys the file lacks are empty, whatever was set before"
     );
+}
+
+/// kv_get FILE KEY's exit status and output.
+fn kv(n: &Node, file: &str, key: &str) -> (i32, String) {
+    let r = n.out(
+        None,
+        &format!("kv_get {} {}; echo \"status=$?\"", q(file), q(key)),
+    );
+    let (out, status) = r.rsplit_once("status=").unwrap();
+    (status.trim().parse().unwrap(), out.to_owned())
+}
+
+#[test]
+fn kv_get_reads_every_key_of_the_upgrade_env_the_builder_writes() {
+    use std::collections::BTreeMap;
+    let n = Node::new();
+    let out = n.path("out");
+    std::fs::create_dir_all(out.join("netboot/rpi/overlays")).unwrap();
+    std::fs::write(out.join("netboot/vmlinuz"), b"kernel").unwrap();
+    std::fs::write(out.join("netboot/initrd.img"), b"initrd").unwrap();
+    std::fs::write(out.join("netboot/rpi/config.txt"), b"[all]\n").unwrap();
+    std::fs::write(out.join("netboot/rpi/overlays/a.dtbo"), b"").unwrap();
+    let root = labimg_builder::rootimg::RootImage {
+        path: out.join("netboot/root.squashfs"),
+        size: 4096,
+        sha256: "ab".repeat(32),
+        verity: labimg_builder::verity::Verity {
+            root_hash: "00".repeat(32),
+            salt: String::new(),
+            uuid: String::new(),
+            data_blocks: 1,
+            hash_offset: 4096,
+        },
+    };
+    let cmdline = BTreeMap::from([
+        (
+            "a".to_owned(),
+            "console=ttyS0 labimg.slot=a x=$(reboot) *".to_owned(),
+        ),
+        ("b".to_owned(), "console=ttyS0 labimg.slot=b".to_owned()),
+    ]);
+    let b = labimg_builder::upgrade::write_upgrade_json(&out, "p", 7, &root, &cmdline).unwrap();
+    let env = out.join("upgrade.env").display().to_string();
+    let rpi: Vec<String> = b
+        .rpi_boot
+        .as_ref()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, h)| [p.clone(), h.clone()])
+        .collect();
+    for (key, want) in [
+        ("VERSION", b.version.clone()),
+        ("PROFILE", "p".into()),
+        ("SOURCE_DATE_EPOCH", "7".into()),
+        ("ROOT_FILE", b.root.file.clone()),
+        ("ROOT_SHA256", b.root.sha256.clone()),
+        ("ROOT_SIZE", "4096".into()),
+        ("KERNEL_FILE", "netboot/vmlinuz".into()),
+        ("KERNEL_SHA256", b.kernel.sha256.clone()),
+        ("KERNEL_SIZE", "6".into()),
+        ("INITRD_FILE", "netboot/initrd.img".into()),
+        ("INITRD_SHA256", b.initrd.sha256.clone()),
+        ("INITRD_SIZE", "6".into()),
+        ("CMDLINE_A", cmdline["a"].clone()),
+        ("CMDLINE_B", cmdline["b"].clone()),
+        ("RPI_FILES", rpi.join(" ")),
+    ] {
+        assert_eq!(
+            kv(&n, &env, &format!("LABIMG_BUNDLE_{key}")),
+            (0, format!("{want}\n")),
+            "{key}"
+        );
+    }
+    assert_eq!(kv(&n, &env, "LABIMG_BUNDLE_CMDLINE_C"), (1, String::new()));
+    assert!(!n.path("reboot").exists());
+}
+
+#[test]
+fn kv_get_refuses_a_file_with_any_line_that_is_not_key_quoted_value() {
+    let n = Node::new();
+    let good = "# comment\n\nA='1'\nB_2=''\n_C='x y=z $(touch ran) `touch ran` *'\n";
+    let f = n.write("good.env", good.as_bytes());
+    assert_eq!(kv(&n, &f, "A"), (0, "1\n".into()));
+    assert_eq!(kv(&n, &f, "B_2"), (0, "\n".into()));
+    assert_eq!(
+        kv(&n, &f, "_C"),
+        (0, "x y=z $(touch ran) `touch ran` *\n".into())
+    );
+    assert_eq!(kv(&n, &f, "D"), (1, String::new()), "absent");
+    // No newline after the last line is fine.
+    let f = n.write("last.env", b"A='1'\nB='2'");
+    assert_eq!(kv(&n, &f, "B"), (0, "2\n".into()));
+    for bad in [
+        "a='lowercase key'",
+        "1A='starts with a digit'",
+        "A-B='dash'",
+        " A='leading space'",
+        "A=unquoted",
+        "A=unquoted;touch ran",
+        "A=\"double quoted\"",
+        "A='no closing quote",
+        "A='quote ' inside'",
+        "A='back\\slash'",
+        "A='1' ",
+        "A='1'\r",
+        "A",
+        "=''",
+        "export A='1'",
+        "B='2'",
+    ] {
+        // The bad line is not the key asked for: the whole file is refused anyway.
+        let f = n.write("bad.env", format!("B='2'\n{bad}\nZ='z'\n").as_bytes());
+        let (status, out) = kv(&n, &f, "Z");
+        assert_eq!(
+            (status, out.as_str()),
+            (2, ""),
+            "{bad:?} (B twice if B='2')"
+        );
+    }
+    assert!(!n.path("ran").exists());
+}
+
+#[test]
+fn sums_get_finds_the_line_of_exactly_that_file() {
+    let n = Node::new();
+    let f = n.write(
+        "SHA256SUMS",
+        b"aa  netboot/upgrade.env\nBB  upgrade.env.old\nCC *upgrade.env\ndd  upgrade.json\n",
+    );
+    assert_eq!(
+        n.out(None, &format!("sums_get {} upgrade.env", q(&f))),
+        "cc"
+    );
+    assert_eq!(
+        n.out(None, &format!("sums_get {} upgrade.json", q(&f))),
+        "dd"
+    );
+    assert!(!n.run(None, &format!("sums_get {} manifest.json", q(&f))).ok);
 }

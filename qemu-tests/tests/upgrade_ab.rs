@@ -10,7 +10,8 @@
 //!
 //! The images trust the committed test key (`qemu-tests/test-key/`) through
 //! `[upgrade] public-key`, and v2 is signed with it: a node stages only a bundle
-//! whose signed `SHA256SUMS` vouches for its `upgrade.json`.
+//! whose signed `SHA256SUMS` vouches for its `upgrade.env`, the file the agent
+//! reads (tampering tests edit that one).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -46,11 +47,16 @@ formats = ["qcow2"]
     )
 }
 
-/// The bundle a node downloads: `upgrade.json`, the signed `SHA256SUMS` and
-/// the netboot files, copied so that a test can tamper with them.
+/// The bundle a node downloads: `upgrade.env` (and `upgrade.json`, which the
+/// node does not read), the signed `SHA256SUMS` and the netboot files, copied so that a test can tamper with them.
 fn copy_bundle(out: &Path, dst: &Path) {
     std::fs::create_dir_all(dst.join("netboot")).unwrap();
-    for f in ["upgrade.json", "SHA256SUMS", "SHA256SUMS.minisig"] {
+    for f in [
+        "upgrade.env",
+        "upgrade.json",
+        "SHA256SUMS",
+        "SHA256SUMS.minisig",
+    ] {
         std::fs::copy(out.join(f), dst.join(f)).unwrap();
     }
     for f in ["vmlinuz", "initrd.img", "root.squashfs"] {
@@ -109,17 +115,20 @@ fn builds() -> (PathBuf, PathBuf) {
     (v1, v2)
 }
 
-/// `SHA256SUMS` of `bundle` with `upgrade.json`'s line recomputed from the file.
-fn rehash_upgrade_json(bundle: &Path) {
+/// `SHA256SUMS` of `bundle` with the lines of `upgrade.env` and `upgrade.json`
+/// recomputed from the files.
+fn rehash_upgrade_files(bundle: &Path) {
     let sums = bundle.join("SHA256SUMS");
-    let hash = labimg_builder::debian::cache::hash_file(&bundle.join("upgrade.json"))
-        .unwrap()
-        .0;
+    let hash = |f: &str| {
+        labimg_builder::debian::cache::hash_file(&bundle.join(f))
+            .unwrap()
+            .0
+    };
     let text: String = std::fs::read_to_string(&sums)
         .unwrap()
         .lines()
         .map(|l| match l.split_once("  ") {
-            Some((_, "upgrade.json")) => format!("{hash}  upgrade.json\n"),
+            Some((_, f @ ("upgrade.env" | "upgrade.json"))) => format!("{}  {f}\n", hash(f)),
             _ => format!("{l}\n"),
         })
         .collect();
@@ -129,23 +138,27 @@ fn rehash_upgrade_json(bundle: &Path) {
 /// What the publisher does after editing a bundle: new sums, signed again with
 /// the test key (a release that is signed but broken).
 fn resign(bundle: &Path) {
-    rehash_upgrade_json(bundle);
+    rehash_upgrade_files(bundle);
     let (key, _) = test_signing_key();
-    let sk = labimg_builder::sign::load_secret_key_with(&key, None).unwrap();
-    labimg_builder::sign::sign_sums(bundle, &sk).unwrap();
+    let sk = labimg_builder::artifact::sign::load_secret_key_with(&key, None).unwrap();
+    labimg_builder::artifact::sign::sign_sums(bundle, &sk).unwrap();
 }
 
-/// Slot B's command line with a dm-verity root hash its image does not have.
+/// Slot B's command line in `upgrade.env` (what the node reads) with a
+/// dm-verity root hash its image does not have.
 fn break_slot_b_root_hash(bundle: &Path) {
-    let meta = bundle.join("upgrade.json");
+    let meta = bundle.join("upgrade.env");
     let text = std::fs::read_to_string(&meta).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let b = j["cmdline"]["b"].as_str().unwrap();
+    let b = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LABIMG_BUNDLE_CMDLINE_B='"))
+        .expect("upgrade.env has LABIMG_BUNDLE_CMDLINE_B");
     let hash = b
-        .split(' ')
+        .split([' ', '\''])
         .find_map(|a| a.strip_prefix("labimg.verity.roothash="))
         .expect("slot b's cmdline has a dm-verity root hash");
-    std::fs::write(&meta, text.replace(hash, &"0".repeat(hash.len()))).unwrap();
+    let broken = b.replace(hash, &"0".repeat(hash.len()));
+    std::fs::write(&meta, text.replace(b, &broken)).unwrap();
 }
 
 fn version_of(out: &Path) -> String {
@@ -255,15 +268,15 @@ fn upgrade_ab_refuses_a_bundle_its_signature_does_not_vouch_for() {
     let scratch = tempfile::tempdir().unwrap();
     let bundle = scratch.path().join("bundle");
     copy_bundle(&v2, &bundle);
-    let original = std::fs::read(bundle.join("upgrade.json")).unwrap();
-    // Someone between publisher and node rewrites upgrade.json (here: slot B's
+    let original = std::fs::read(bundle.join("upgrade.env")).unwrap();
+    // Someone between publisher and node rewrites upgrade.env (here: slot B's
     // root hash) but cannot sign: the signed SHA256SUMS names another sha256.
     break_slot_b_root_hash(&bundle);
     let mut node = Node::new("upgrade-unsigned", &v1, bundle.clone(), scratch);
     let log = node.boot();
     log.assert_in_order(&[
         "labimg: root found dev=/dev/sda2",
-        "labimg: upgrade refused: upgrade.json of http://10.0.2.100 has sha256",
+        "labimg: upgrade refused: upgrade.env of http://10.0.2.100 has sha256",
         "labimg: k3s starting role=server",
         "k3s-stand-in: done, powering off",
     ]);
@@ -271,7 +284,7 @@ fn upgrade_ab_refuses_a_bundle_its_signature_does_not_vouch_for() {
     log.assert_absent("labimg: FATAL");
 
     // They also rewrite SHA256SUMS to match: now the signature fails.
-    rehash_upgrade_json(&bundle);
+    rehash_upgrade_files(&bundle);
     let log = node.boot();
     log.assert_in_order(&[
         "labimg: root found dev=/dev/sda2",
@@ -282,7 +295,7 @@ fn upgrade_ab_refuses_a_bundle_its_signature_does_not_vouch_for() {
     log.assert_absent("labimg: upgrade started");
 
     // The intact bundle with its signature removed: unsigned is refused too.
-    std::fs::write(bundle.join("upgrade.json"), &original).unwrap();
+    std::fs::write(bundle.join("upgrade.env"), &original).unwrap();
     std::fs::copy(v2.join("SHA256SUMS"), bundle.join("SHA256SUMS")).unwrap();
     std::fs::remove_file(bundle.join("SHA256SUMS.minisig")).unwrap();
     let log = node.boot();
@@ -294,22 +307,28 @@ fn upgrade_ab_refuses_a_bundle_its_signature_does_not_vouch_for() {
 
     // Validly signed, but the wrong bundle: another profile's, or an older build
     // (a replayed release) — refused, so a signature alone cannot repurpose or
-    // downgrade a node.
+    // downgrade a node. Nor is a signed upgrade.env with a line that is not
+    // KEY='value' read (here an unquoted value, which `.` would run).
     let original = String::from_utf8(original).unwrap();
     for (from, to, refusal) in [
         (
-            "\"profile\": \"proxmox\"",
-            "\"profile\": \"other-cluster\"",
+            "LABIMG_BUNDLE_PROFILE='proxmox'",
+            "LABIMG_BUNDLE_PROFILE='other-cluster'",
             "labimg: upgrade refused: the bundle is for profile 'other-cluster', this node runs profile 'proxmox'",
         ),
         (
-            "\"source_date_epoch\": 1700000000",
-            "\"source_date_epoch\": 1600000000",
+            "LABIMG_BUNDLE_SOURCE_DATE_EPOCH='1700000000'",
+            "LABIMG_BUNDLE_SOURCE_DATE_EPOCH='1600000000'",
             "labimg: upgrade refused: the bundle was built at SOURCE_DATE_EPOCH 1600000000, before the running image (1700000000)",
+        ),
+        (
+            "LABIMG_BUNDLE_PROFILE='proxmox'",
+            "LABIMG_BUNDLE_PROFILE=proxmox;reboot",
+            "labimg: upgrade refused: upgrade.env of http://10.0.2.100 is not KEY='value' lines",
         ),
     ] {
         assert!(original.contains(from), "{from} not in {original}");
-        std::fs::write(bundle.join("upgrade.json"), original.replace(from, to)).unwrap();
+        std::fs::write(bundle.join("upgrade.env"), original.replace(from, to)).unwrap();
         resign(&bundle);
         let log = node.boot();
         log.assert_in_order(&[

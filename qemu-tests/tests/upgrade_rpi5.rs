@@ -193,6 +193,14 @@ fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
     ] {
         assert!(listed.contains_key(f), "{f} not in rpi_boot: {listed:?}");
     }
+    // What the agent read: upgrade.env's `path sha256 …` list, the same files.
+    let env = std::fs::read_to_string(v2.join("upgrade.env")).unwrap();
+    let words: Vec<String> = listed
+        .iter()
+        .flat_map(|(f, h)| [f.clone(), h.as_str().unwrap().to_owned()])
+        .collect();
+    let want = format!("LABIMG_BUNDLE_RPI_FILES='{}'", words.join(" "));
+    assert!(env.lines().any(|l| l == want), "{want} not in {env}");
     for f in listed.keys() {
         let got = std::fs::read(mcopy(&boot_b, f, dir).unwrap()).unwrap();
         assert!(
@@ -277,7 +285,9 @@ fn upgrade_rpi5_refuses_a_corrupt_root_and_leaves_boot_b_unbootable() {
     // v2's bundle with one byte of the root image flipped after it was hashed.
     let bundle = dir.join("bundle");
     std::fs::create_dir_all(bundle.join("netboot/rpi")).unwrap();
-    std::fs::copy(v2.join("upgrade.json"), bundle.join("upgrade.json")).unwrap();
+    for f in ["upgrade.json", "upgrade.env"] {
+        std::fs::copy(v2.join(f), bundle.join(f)).unwrap();
+    }
     for entry in std::fs::read_dir(v2.join("netboot/rpi")).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(
