@@ -6,11 +6,26 @@
 //! - the kernel command line, one value for disk slots and netboot: [`Cmdline`];
 //! - `netboot/netboot.json`: [`NetbootInfo`];
 //! - `manifest.json`: [`crate::manifest::Manifest`]; `upgrade.json`:
-//!   [`crate::upgrade::Bundle`]; `SHA256SUMS` and its minisign signature: [`crate::sign`].
+//!   [`crate::upgrade::Bundle`]; `SHA256SUMS` and its minisign signature: [`sign`];
+//!   the sha256 every one of them is checked by: [`hash_file`].
+
+pub mod sign;
 
 use std::fmt;
+use std::fs::File;
+use std::path::Path;
 
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The sha256 (hex) and size of a file, read in one pass.
+pub fn hash_file(path: &Path) -> Result<(String, u64)> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    let n = std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok((hex::encode(h.finalize()), n))
+}
 
 /// A kernel command line as its arguments in order (`key=value` or a bare `flag`).
 ///

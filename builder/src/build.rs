@@ -10,12 +10,14 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use crate::artifact::Cmdline;
-use crate::debian::{Cache, cache::hash_file};
+use crate::artifact::hash_file;
+use crate::debian::Cache;
 use crate::disk;
 use crate::initramfs::make_initramfs;
 use crate::inputs::{fetch_inputs, resolve_inputs};
 use crate::manifest::{self, K3sInfo, Manifest, OutputFile};
 use crate::nodecfg;
+pub use crate::plan::BuildOptions;
 use crate::plan::BuildPlan;
 use crate::preseed::{Destination, RenderOptions};
 use crate::profile::{ImageFormat, Profile};
@@ -23,41 +25,6 @@ use crate::rootfs::{self, K3sBinary, assemble_rootfs};
 use crate::rootimg::make_root_image;
 use crate::target::{self, DiskInputs};
 use crate::tree::Tree;
-
-/// How to build (the profile says what). Also `labimg build`'s options: each
-/// field's `///` is its `--help` text.
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct BuildOptions {
-    /// Output folder (default: images/<profile name>/).
-    #[arg(long = "out", value_name = "OUT")]
-    pub out_dir: Option<PathBuf>,
-    /// Bake this k3s binary into the image instead of fetching the pinned one on first boot.
-    #[arg(long)]
-    pub k3s_binary: Option<PathBuf>,
-    /// Download cache (default: $LABIMG_CACHE, else ~/.cache/labimg).
-    #[arg(long = "cache", value_name = "CACHE", env = "LABIMG_CACHE")]
-    pub cache_dir: Option<PathBuf>,
-    /// Timestamp for every file; default `SOURCE_DATE_EPOCH` or 0. Not a flag.
-    #[arg(skip)]
-    pub source_date_epoch: Option<u64>,
-    /// Also embed secrets (k3s token, Git credentials) in the disk images: only for
-    /// per-node images you do not share. Such a build writes no netboot artifacts
-    /// and no upgrade bundle (they are served to the whole LAN).
-    #[arg(long)]
-    pub embed_secrets: bool,
-    /// Sign SHA256SUMS with this minisign secret key (writes SHA256SUMS.minisig;
-    /// an encrypted key's password comes from LABIMG_SIGN_PASSWORD or the terminal).
-    #[arg(long, value_name = "FILE")]
-    pub sign_key: Option<PathBuf>,
-    /// Build a per-node image: only this node of the profile's [[nodes]] in its node
-    /// table (with --embed-secrets, only its secrets), written to images/<name>-<node>/.
-    #[arg(long, value_name = "HOSTNAME")]
-    pub node: Option<String>,
-    /// Never use the network: every package and each suite's signed InRelease come
-    /// from the cache, filled by an earlier online `fetch` or `build` (checked again).
-    #[arg(long, env = "LABIMG_OFFLINE")]
-    pub offline: bool,
-}
 
 /// What a finished build reports.
 #[derive(Debug)]
@@ -135,7 +102,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     let sign_key = opts
         .sign_key
         .as_deref()
-        .map(crate::sign::load_secret_key)
+        .map(crate::artifact::sign::load_secret_key)
         .transpose()?;
     check_upgrade_key(profile, sign_key.as_ref())?;
     let staging = Staging::create(&plan)?;
@@ -257,7 +224,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
             sha256: root.sha256.clone(),
         });
     let manifest = Manifest {
-        labimg_version: env!("CARGO_PKG_VERSION"),
+        labimg_version: env!("CARGO_PKG_VERSION").to_owned(),
         profile: profile.name.clone(),
         board: target.name().to_owned(),
         arch: profile.target.arch.as_str().to_owned(),
@@ -269,12 +236,18 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         root_verity: root.verity.clone(),
         k3s,
         nodes,
-        inputs: resolved.sets(),
+        inputs: manifest::ManifestInputs {
+            kernel: resolved.kernel.clone(),
+            root: resolved.root.clone(),
+            boot: resolved.boot.clone(),
+        },
         outputs: outputs.clone(),
     };
     manifest::write_manifest(work, &manifest)?;
     if let Some(key) = &sign_key {
-        step("sign SHA256SUMS", || crate::sign::sign_sums(work, key))?;
+        step("sign SHA256SUMS", || {
+            crate::artifact::sign::sign_sums(work, key)
+        })?;
     }
     publish(&staging.0, &plan.out_dir)?;
     Ok(BuildResult {
@@ -333,7 +306,7 @@ fn check_upgrade_key(profile: &Profile, sign_key: Option<&minisign::SecretKey>) 
         pk.to_base64() == want.trim(),
         "--sign-key is key {}, but upgrade.public-key is another key: nodes of this profile \
          would refuse the bundle",
-        crate::sign::key_id(&pk)
+        crate::artifact::sign::key_id(&pk)
     );
     Ok(())
 }

@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 pub use self::logging::{LogFormat, init_logging};
+use crate::artifact::hash_file;
+use crate::artifact::sign;
 use crate::build::{BuildOptions, build as run_build};
-use crate::debian::{Cache, cache::hash_file};
+use crate::debian::Cache;
 use crate::inputs::{fetch_inputs, resolve_inputs};
+use crate::manifest::Manifest;
 use crate::profile::{self, Profile, ProfileErrors};
-use crate::sign;
 use crate::target;
 
 /// Options every command takes.
@@ -265,36 +267,25 @@ pub fn inspect(path: &Path, public_key: Option<&Path>) -> Result<()> {
     } else {
         path.parent().unwrap_or(Path::new("."))
     };
-    let manifest_path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest_path)
-        .with_context(|| format!("reading {}", manifest_path.display()))?;
-    let m: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("parsing {}", manifest_path.display()))?;
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
-    println!(
-        "profile   {} ({} / {})",
-        s(&m["profile"]),
-        s(&m["board"]),
-        s(&m["arch"])
-    );
-    println!("kernel    {}", s(&m["kernel_version"]));
-    println!("root      sha256 {}", s(&m["root_image"]["sha256"]));
-    println!(
-        "k3s       {} ({})",
-        s(&m["k3s"]["version"]),
-        s(&m["k3s"]["source"])
-    );
-    for set in ["kernel", "root", "boot"] {
-        let n = m["inputs"][set]["packages"].as_array().map_or(0, Vec::len);
+    let m = Manifest::read(dir)?;
+    println!("profile   {} ({} / {})", m.profile, m.board, m.arch);
+    println!("kernel    {}", m.kernel_version);
+    println!("root      sha256 {}", m.root_image.sha256);
+    println!("k3s       {} ({})", m.k3s.version, m.k3s.source);
+    let sets = [
+        ("kernel", &m.inputs.kernel),
+        ("root", &m.inputs.root),
+        ("boot", &m.inputs.boot),
+    ];
+    for (set, resolution) in sets {
+        let n = resolution.packages.len();
         println!("inputs    {set}: {n} Debian packages");
     }
-    if let Some(cmd) = m["cmdline"]["a"].as_str() {
+    if let Some(cmd) = m.cmdline.get("a") {
         println!("cmdline   {cmd}");
     }
-    if let Some(hash) = m["root_verity"]["root_hash"].as_str() {
-        println!("root      dm-verity root hash {hash}");
-    }
-    let sbom = dir.join(format!("{}.spdx.json", s(&m["profile"])));
+    println!("root      dm-verity root hash {}", m.root_verity.root_hash);
+    let sbom = dir.join(format!("{}.spdx.json", m.profile));
     if sbom.exists() {
         print!("{}", crate::sbom::summary(&sbom)?);
     } else {

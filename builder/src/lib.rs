@@ -24,7 +24,6 @@ pub mod profile;
 pub mod rootfs;
 pub mod rootimg;
 pub mod sbom;
-pub mod sign;
 pub mod target;
 pub mod tool;
 pub mod tree;

@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::debian::cache::hash_file;
-use crate::inputs::InputSets;
+use crate::artifact::hash_file;
+use crate::debian::Resolution;
 
 /// One output file, relative to the output directory.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputFile {
     pub path: String,
     pub size: u64,
@@ -20,7 +20,7 @@ pub struct OutputFile {
 }
 
 /// Where the image's k3s comes from.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct K3sInfo {
     pub version: String,
     /// The pinned sha256 from the profile for this architecture.
@@ -33,10 +33,10 @@ pub struct K3sInfo {
     pub matches_pin: Option<bool>,
 }
 
-/// `manifest.json`.
-#[derive(Debug, Serialize)]
-pub struct Manifest<'a> {
-    pub labimg_version: &'static str,
+/// `manifest.json`: written by the build, read by `labimg inspect` and the tests.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub labimg_version: String,
     pub profile: String,
     pub board: String,
     pub arch: String,
@@ -50,8 +50,26 @@ pub struct Manifest<'a> {
     pub root_verity: crate::verity::Verity,
     pub k3s: K3sInfo,
     pub nodes: Vec<String>,
-    pub inputs: InputSets<'a>,
+    pub inputs: ManifestInputs,
     pub outputs: Vec<OutputFile>,
+}
+
+/// The Debian packages of each part of the image, as resolved.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ManifestInputs {
+    pub kernel: Resolution,
+    pub root: Resolution,
+    pub boot: Resolution,
+}
+
+impl Manifest {
+    /// Reads and parses `dir/manifest.json`.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
 }
 
 /// Hashes every public output under `dir` (sorted), skipping the private

@@ -8,9 +8,43 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 
-use crate::build::BuildOptions;
 use crate::preseed::RenderOptions;
 use crate::profile::Profile;
+
+/// How to build (the profile says what). Also `labimg build`'s options: each
+/// field's `///` is its `--help` text.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct BuildOptions {
+    /// Output folder (default: images/<profile name>/).
+    #[arg(long = "out", value_name = "OUT")]
+    pub out_dir: Option<PathBuf>,
+    /// Bake this k3s binary into the image instead of fetching the pinned one on first boot.
+    #[arg(long)]
+    pub k3s_binary: Option<PathBuf>,
+    /// Download cache (default: $LABIMG_CACHE, else ~/.cache/labimg).
+    #[arg(long = "cache", value_name = "CACHE", env = "LABIMG_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// Timestamp for every file; default `SOURCE_DATE_EPOCH` or 0. Not a flag.
+    #[arg(skip)]
+    pub source_date_epoch: Option<u64>,
+    /// Also embed secrets (k3s token, Git credentials) in the disk images: only for
+    /// per-node images you do not share. Such a build writes no netboot artifacts
+    /// and no upgrade bundle (they are served to the whole LAN).
+    #[arg(long)]
+    pub embed_secrets: bool,
+    /// Sign SHA256SUMS with this minisign secret key (writes SHA256SUMS.minisig;
+    /// an encrypted key's password comes from LABIMG_SIGN_PASSWORD or the terminal).
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
+    /// Build a per-node image: only this node of the profile's [[nodes]] in its node
+    /// table (with --embed-secrets, only its secrets), written to images/<name>-<node>/.
+    #[arg(long, value_name = "HOSTNAME")]
+    pub node: Option<String>,
+    /// Never use the network: every package and each suite's signed InRelease come
+    /// from the cache, filled by an earlier online `fetch` or `build` (checked again).
+    #[arg(long, env = "LABIMG_OFFLINE")]
+    pub offline: bool,
+}
 
 /// What `build` will do, decided up front.
 #[derive(Clone, Debug)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::debian::cache::hash_file;
+use crate::artifact::hash_file;
 use crate::fs::squashfs::{self, Compression, SquashOpts};
 use crate::tree::Tree;
 use crate::verity::{self, Verity};

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Data and hash block size.
@@ -22,7 +22,7 @@ const DIGEST: usize = 32;
 const PER_BLOCK: usize = BLOCK / DIGEST;
 
 /// What the node needs to open the image with dm-verity.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verity {
     /// Root hash, hex.
     pub root_hash: String,

@@ -7,8 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use labimg_builder::artifact::hash_file;
 use labimg_builder::build::{BuildOptions, build};
-use labimg_builder::debian::cache::hash_file;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

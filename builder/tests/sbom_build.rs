@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use labimg_builder::artifact::hash_file;
 use labimg_builder::build::{BuildOptions, build};
-use labimg_builder::debian::cache::hash_file;
 use serde_json::Value;
 
 fn workspace() -> PathBuf {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use labimg_builder::sign::{self, KeyProtection};
+use labimg_builder::artifact::sign::{self, KeyProtection};
 
 fn minisign() -> Command {
     assert!(

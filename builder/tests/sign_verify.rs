@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use labimg_builder::manifest::hash_outputs;
-use labimg_builder::sign::{self, KeyProtection, VerifyError};
+use labimg_builder::artifact::sign::{self, KeyProtection, VerifyError};
+use labimg_builder::manifest::{K3sInfo, Manifest, ManifestInputs, OutputFile, hash_outputs};
 
 /// A build-shaped folder: disk image, netboot artifacts, a Pi boot file, private
 /// node config (not listed), SHA256SUMS and a manifest.
@@ -30,8 +30,56 @@ fn build_folder(root: &Path) -> PathBuf {
         .map(|o| format!("{}  {}\n", o.sha256, o.path))
         .collect();
     std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
-    std::fs::write(dir.join("manifest.json"), "{\"profile\": \"proxmox\"}\n").unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest()).unwrap(),
+    )
+    .unwrap();
     dir
+}
+
+/// A manifest as `labimg inspect` reads it (through the type the build writes).
+fn manifest() -> Manifest {
+    let none = || labimg_builder::debian::Resolution {
+        arch: "amd64".into(),
+        packages: Vec::new(),
+    };
+    Manifest {
+        labimg_version: "0.1.0".into(),
+        profile: "proxmox".into(),
+        board: "proxmox".into(),
+        arch: "amd64".into(),
+        source_date_epoch: 0,
+        kernel_version: "6.12.0-0-cloud-amd64".into(),
+        cmdline: [("a".to_owned(), "console=ttyS0".to_owned())].into(),
+        initramfs_modules: Vec::new(),
+        root_image: OutputFile {
+            path: "netboot/root.squashfs".into(),
+            size: 4096,
+            sha256: "00".repeat(32),
+        },
+        root_verity: labimg_builder::verity::Verity {
+            root_hash: "11".repeat(32),
+            salt: "22".repeat(32),
+            uuid: "00000000-0000-4000-8000-000000000000".into(),
+            data_blocks: 1,
+            hash_offset: 4096,
+        },
+        k3s: K3sInfo {
+            version: "v1.36.4+k3s1".into(),
+            pinned_sha256: None,
+            source: "first-boot".into(),
+            baked_sha256: None,
+            matches_pin: None,
+        },
+        nodes: Vec::new(),
+        inputs: ManifestInputs {
+            kernel: none(),
+            root: none(),
+            boot: none(),
+        },
+        outputs: Vec::new(),
+    }
 }
 
 fn keys(root: &Path, name: &str) -> sign::KeyFiles {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use labimg_builder::sign;
+use labimg_builder::artifact::sign;
 
 /// `netboot.json`: the type the builder writes it through.
 pub use labimg_builder::artifact::NetbootInfo;

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
-use labimg_builder::debian::cache::hash_file;
-use labimg_builder::sign::{self, FileProblem, PublicKey, VerifyError};
+use labimg_builder::artifact::hash_file;
+use labimg_builder::artifact::sign::{self, FileProblem, PublicKey, VerifyError};
 
 /// What identifies a file's version without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

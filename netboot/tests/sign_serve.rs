@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::{CP_MAC, fixture};
 use http_body_util::BodyExt;
-use labimg_builder::sign::{self, KeyProtection};
+use labimg_builder::artifact::sign::{self, KeyProtection};
 use labimg_netboot::images::Images;
 use labimg_netboot::inventory::Inventory;
 use labimg_netboot::verify::Verifier;

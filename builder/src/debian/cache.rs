@@ -2,7 +2,7 @@
 //! (`sha256/<aa>/<hex>`), re-hashed on every use, and only ever published by
 //! renaming a fully downloaded and verified `.partial` file into place.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -404,10 +404,6 @@ fn publish(partial: &Path, dest: &Path) -> Result<PathBuf> {
     Ok(dest.to_path_buf())
 }
 
-/// SHA256 (lower-case hex) and size of a file.
-pub fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let n = std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
-    Ok((hex::encode(h.finalize()), n))
-}
+/// The sha256 and size of a file (the artifact contract's hash, re-exported here
+/// for the cache's own checks).
+pub use crate::artifact::hash_file;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 
 use anyhow::{Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::deps::{Alternatives, Relation};
 use super::packages::Package;
@@ -25,7 +25,7 @@ pub struct Index {
 }
 
 /// One package of the closure.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResolvedPackage {
     pub name: String,
     pub version: String,
@@ -44,7 +44,7 @@ pub struct ResolvedPackage {
 }
 
 /// The dependency closure of a set of requests, sorted by package name.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Resolution {
     pub arch: String,
     pub packages: Vec<ResolvedPackage>,

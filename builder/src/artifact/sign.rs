@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
-//! use labimg_builder::sign;
+//! use labimg_builder::artifact::sign;
 //! let dir = std::path::Path::new("images/proxmox");
 //! let key = sign::load_secret_key(std::path::Path::new("keys/labimg.key"))?;
 //! sign::sign_sums(dir, &key)?;
@@ -27,7 +27,7 @@ use anyhow::{Context, Result, bail};
 use minisign::{KeyPair, SecretKeyBox, SignatureBox};
 pub use minisign::{PublicKey, SecretKey};
 
-use crate::debian::cache::hash_file;
+use super::hash_file;
 
 /// The signed file: the build's checksums.
 pub const SUMS_FILE: &str = "SHA256SUMS";
