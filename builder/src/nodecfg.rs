@@ -58,8 +58,9 @@ pub fn k3s_config(profile: &Profile, node: &Node) -> Result<Value> {
         }
         c.insert("cluster-cidr".into(), json!(k.cluster_cidr));
         c.insert("service-cidr".into(), json!(k.service_cidr));
-        if !k.tls_san.is_empty() {
-            c.insert("tls-san".into(), json!(k.tls_san));
+        let sans = profile.tls_sans();
+        if !sans.is_empty() {
+            c.insert("tls-san".into(), json!(sans));
         }
         c.insert("write-kubeconfig-mode".into(), json!("0600"));
     }

@@ -192,6 +192,24 @@ impl Profile {
         }
     }
 
+    /// What the servers' certificate must name (`tls-san`): the profile's
+    /// `k3s.tls-san`, then the host of the join address ([`Profile::server_url`]) and
+    /// `cluster.vip`, each once. k3s adds each server's own hostname and node IP
+    /// itself, but not a DNS name or VIP that joiners use, and with
+    /// `tls-san-security` (its default) it will not add them later: agents joining
+    /// `https://pi-cp1.lan:6443` would fail x509 verification.
+    pub fn tls_sans(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let join_host = self.server_url().as_deref().and_then(url_host);
+        let extra = join_host.into_iter().chain(self.cluster.vip.clone());
+        for name in self.k3s.tls_san.iter().cloned().chain(extra) {
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
+    }
+
     /// The first server in the node list: it bootstraps the cluster (`cluster-init`);
     /// every other node joins it.
     pub fn is_first_server(&self, node: &Node) -> bool {
@@ -222,6 +240,19 @@ impl Profile {
     pub fn servers(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(|n| n.role == Role::Server)
     }
+}
+
+/// The host of an `https://host[:port][/path]` URL (an IPv6 address without its
+/// brackets).
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once(']')?.0,
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_owned())
 }
 
 impl Arch {

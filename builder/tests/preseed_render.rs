@@ -371,3 +371,35 @@ fn unlisted_machines_are_refused_in_a_profile_with_nodes_unless_it_opts_in() {
     assert_eq!(dirs.len(), 1);
     assert_eq!(dirs[0].hostname, "pve-w1");
 }
+
+/// Every name a joiner may use is in the servers' certificate: the join URL's host and
+/// the VIP are added to `k3s.tls-san`, once each; agents get no tls-san.
+#[test]
+fn servers_certificates_name_every_join_address() {
+    let (pi, _) = nodecfg::render_all(&load("pi5-argocd", &[])).unwrap();
+    assert_eq!(
+        yaml(node(&pi, "pi-cp1"), "k3s/config.yaml")["tls-san"],
+        json!(["pi-cp1.lan"])
+    );
+    assert!(
+        yaml(node(&pi, "pi-w1"), "k3s/config.yaml")
+            .get("tls-san")
+            .is_none()
+    );
+    let (ha, _) = nodecfg::render_all(&load("ha-cilium-argocd", &[])).unwrap();
+    for host in ["cp1", "cp2", "cp3"] {
+        assert_eq!(
+            yaml(node(&ha, host), "k3s/config.yaml")["tls-san"],
+            json!(["k8s.lab.example", "192.168.20.10", "192.168.20.11"]),
+            "{host}"
+        );
+    }
+    let p = load(
+        "proxmox-flux",
+        &[
+            "cluster.server-url=https://[fd00::10]:6443/",
+            "cluster.vip=fd00::20",
+        ],
+    );
+    assert_eq!(p.tls_sans(), ["fd00::10", "fd00::20"]);
+}

@@ -32,7 +32,9 @@ pub struct K3s {
     /// Service network CIDR.
     #[serde(default = "super::defaults::service_cidr")]
     pub service_cidr: String,
-    /// Extra names and addresses for the API server certificate.
+    /// Extra names and addresses for the API server certificate. The join address's
+    /// host (`cluster.server-url`, or the first server's ip) and `cluster.vip` are
+    /// added to it automatically, and k3s adds each server's own name and node ip.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls_san: Vec<String>,
     /// Labels for every node, `key = "value"`.
@@ -101,8 +103,8 @@ pub struct Cluster {
     /// Cluster name (used in kubeconfig and GitOps manifests).
     pub name: String,
     /// API server URL the agents and extra servers join; defaults to
-    /// `https://<first server's static ip>:6443`. Its host name or address must be in
-    /// the servers' certificate: the first server's ip is; list any other in `k3s.tls-san`.
+    /// `https://<first server's static ip>:6443`. Its host is added to the servers'
+    /// certificate (`tls-san`) automatically.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_url: Option<String>,
     /// Join token source: `{ file = "..." }`, `{ env = "VAR" }` or `{ sops-file = "..." }`.
@@ -112,8 +114,8 @@ pub struct Cluster {
     /// Virtual IP of the API server, for a VIP that something you deploy announces
     /// (kube-vip, a router's load balancer); labimg checks it lies outside the
     /// cluster's ranges but does not announce it, so it is not a default join address:
-    /// once it answers, set `server-url = "https://<vip>:6443"` and list it in
-    /// `k3s.tls-san`.
+    /// once it answers, set `server-url = "https://<vip>:6443"`. It is added to the
+    /// servers' `tls-san`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vip: Option<String>,
     /// What the image does on a machine its `[[nodes]]` table does not list (by MAC
