@@ -16,10 +16,10 @@ use crate::disk;
 use crate::initramfs::make_initramfs;
 use crate::inputs::{fetch_inputs, resolve_inputs};
 use crate::manifest::{self, K3sInfo, Manifest, OutputFile};
-use crate::nodecfg;
+use crate::nodecfg::NodeTable;
 pub use crate::plan::BuildOptions;
 use crate::plan::BuildPlan;
-use crate::preseed::{Destination, RenderOptions};
+use crate::preseed::Destination;
 use crate::profile::{ImageFormat, Profile};
 use crate::rootfs::{self, K3sBinary, assemble_rootfs};
 use crate::rootimg::make_root_image;
@@ -123,12 +123,14 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         None => K3sBinary::FirstBoot,
     };
     let k3s = k3s_info(profile, opts.k3s_binary.as_deref())?;
+    let nodes = step("render node configs", || NodeTable::render(profile, render))?;
     let rootfs = step("assemble rootfs", || {
         assemble_rootfs(
             profile,
             &inputs.kernel,
             &inputs.root,
             k3s_source,
+            &nodes.for_destination(Destination::Shared, render),
             render,
             epoch,
         )
@@ -193,9 +195,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
                 .map(|_| ())
         })?;
     }
-    let nodes = step("write node configs", || {
-        write_node_dirs(work, profile, render)
-    })?;
+    let nodes = step("write node configs", || write_node_dirs(work, &nodes))?;
 
     step("write sbom", || {
         use sha2::Digest;
@@ -358,21 +358,20 @@ fn write_netboot(
 
 /// `nodes/<hostname>/`: each node's rendered config for `labimg serve`
 /// (mode 0700: it may hold secrets).
-fn write_node_dirs(dir: &Path, profile: &Profile, render: &RenderOptions) -> Result<Vec<String>> {
+fn write_node_dirs(dir: &Path, nodes: &NodeTable) -> Result<Vec<String>> {
     use std::os::unix::fs::PermissionsExt;
-    let nodes = dir.join("nodes");
-    std::fs::create_dir_all(&nodes)?;
-    std::fs::set_permissions(&nodes, std::fs::Permissions::from_mode(0o700))?;
-    let (dirs, _) = nodecfg::render_all_with(profile, render, Destination::Private)?;
-    for d in &dirs {
+    let root = dir.join("nodes");
+    std::fs::create_dir_all(&root)?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))?;
+    for d in &nodes.dirs {
         for (path, (data, mode)) in &d.files {
-            let p = nodes.join(&d.hostname).join(path);
-            std::fs::create_dir_all(p.parent().unwrap_or(&nodes))?;
+            let p = root.join(&d.hostname).join(path);
+            std::fs::create_dir_all(p.parent().unwrap_or(&root))?;
             std::fs::write(&p, data)?;
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
         }
     }
-    Ok(dirs.into_iter().map(|d| d.hostname).collect())
+    Ok(nodes.dirs.iter().map(|d| d.hostname.clone()).collect())
 }
 
 /// Replaces `dst` with `staging` so readers see the old outputs or the new

@@ -7,7 +7,7 @@
 //! looked up by MAC or Pi serial through `nodes/index`) and served as a tar by
 //! the netboot appliance; `builder/node/README.md` is the node-side contract.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -20,6 +20,48 @@ use crate::profile::{CniKind, DEFAULT_NODE_DIR, Node, Profile, Role, UnknownNode
 pub struct NodeDir {
     pub hostname: String,
     pub files: BTreeMap<String, (Vec<u8>, u32)>,
+    /// The paths in `files` that hold secret values (`k3s/token`, Secret manifests).
+    pub secrets: BTreeSet<String>,
+}
+
+/// Every node's directory, rendered once per build with its secrets, and the
+/// lookup index (`<mac-or-serial> <hostname>` per line) the node init searches.
+/// Each destination takes what it may hold: [`NodeTable::for_destination`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeTable {
+    pub dirs: Vec<NodeDir>,
+    pub index: String,
+}
+
+impl NodeTable {
+    /// Renders every node of the profile, secrets included (they are read now, so
+    /// a missing secret stops the build before its long steps).
+    pub fn render(profile: &Profile, opts: &RenderOptions) -> Result<NodeTable> {
+        let (dirs, index) = render_all_with(profile, opts, Destination::Private)?;
+        Ok(NodeTable { dirs, index })
+    }
+
+    /// The table as `dest` may hold it: without the secret files where
+    /// [`Destination::gets_secrets`] says no.
+    pub fn for_destination(&self, dest: Destination, opts: &RenderOptions) -> NodeTable {
+        let keep_secrets = dest.gets_secrets(opts);
+        let dirs = self
+            .dirs
+            .iter()
+            .map(|d| {
+                let mut d = d.clone();
+                if !keep_secrets {
+                    d.files.retain(|path, _| !d.secrets.contains(path));
+                    d.secrets.clear();
+                }
+                d
+            })
+            .collect();
+        NodeTable {
+            dirs,
+            index: self.index.clone(),
+        }
+    }
 }
 
 /// `/etc/rancher/k3s/config.yaml` for one node, as a YAML mapping.
@@ -195,12 +237,16 @@ pub fn render_with(
     for (path, yaml) in preseed::server_manifests(profile, node, opts)? {
         files.insert(path, (yaml.into_bytes(), 0o644));
     }
+    let mut secrets = BTreeSet::new();
     if dest.gets_secrets(opts) {
-        files.extend(preseed::secret_files(profile, node, opts)?);
+        let secret = preseed::secret_files(profile, node, opts)?;
+        secrets.extend(secret.keys().cloned());
+        files.extend(secret);
     }
     Ok(NodeDir {
         hostname: node.hostname.clone(),
         files,
+        secrets,
     })
 }
 

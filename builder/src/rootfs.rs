@@ -12,8 +12,8 @@ use sha2::Digest;
 
 use crate::debian::{FetchedPackage, extract_deb};
 use crate::kmod::KernelModules;
-use crate::nodecfg;
-use crate::preseed::{Destination, RenderOptions};
+use crate::nodecfg::NodeTable;
+use crate::preseed::RenderOptions;
 use crate::profile::Profile;
 use crate::tree::{Entry, Kind, Tree};
 
@@ -251,7 +251,7 @@ fn host_services(tree: &mut Tree, profile: &Profile) -> Result<()> {
     Ok(())
 }
 
-fn node_os(tree: &mut Tree, profile: &Profile, render: &RenderOptions) -> Result<usize> {
+fn node_os(tree: &mut Tree, nodes: &NodeTable) -> Result<usize> {
     use node_files::*;
     tree.insert_file("usr/lib/labimg/init", STAGE2, 0o755)?;
     tree.insert_file("usr/lib/labimg/common.sh", COMMON, 0o644)?;
@@ -259,10 +259,8 @@ fn node_os(tree: &mut Tree, profile: &Profile, render: &RenderOptions) -> Result
     tree.insert_file("usr/lib/labimg/upgrade", UPGRADE, 0o755)?;
     tree.insert_symlink("usr/sbin/labimg-upgrade", "../lib/labimg/upgrade")?;
     tree.insert_symlink("usr/sbin/init", "../lib/labimg/init")?;
-    // Shared: the image is not a secret, so secrets go in only with --embed-secrets.
-    let (dirs, index) = nodecfg::render_all_with(profile, render, Destination::Shared)?;
-    tree.insert_file("usr/lib/labimg/nodes/index", index, 0o644)?;
-    for d in &dirs {
+    tree.insert_file("usr/lib/labimg/nodes/index", nodes.index.clone(), 0o644)?;
+    for d in &nodes.dirs {
         for (path, (data, mode)) in &d.files {
             tree.insert_file(
                 format!("usr/lib/labimg/nodes/{}/{path}", d.hostname),
@@ -271,7 +269,7 @@ fn node_os(tree: &mut Tree, profile: &Profile, render: &RenderOptions) -> Result
             )?;
         }
     }
-    Ok(dirs.len())
+    Ok(nodes.dirs.len())
 }
 
 /// Modules every node loads before k3s starts: what k3s's containerd and
@@ -406,12 +404,14 @@ pub const RELEASE_FILE: &str = "usr/lib/labimg/release";
 /// Where the image keeps `upgrade.public-key` for the upgrade agent.
 pub const UPGRADE_KEY: &str = "usr/lib/labimg/upgrade.pub";
 
-/// Builds the root tree: packages, node OS, node table, k3s.
+/// Builds the root tree: packages, node OS, node table, k3s. `nodes` is the node
+/// table as a shared image may hold it ([`NodeTable::for_destination`]).
 pub fn assemble_rootfs(
     profile: &Profile,
     kernel: &[FetchedPackage],
     packages: &[FetchedPackage],
     k3s: K3sBinary,
+    nodes: &NodeTable,
     render: &RenderOptions,
     epoch: u64,
 ) -> Result<Rootfs> {
@@ -428,7 +428,7 @@ pub fn assemble_rootfs(
     let certs = ca_bundle(&mut tree)?;
     etc_files(&mut tree, profile)?;
     host_layout(&mut tree)?;
-    let nodes = node_os(&mut tree, profile, render)?;
+    let nodes = node_os(&mut tree, nodes)?;
     let modules = KernelModules::find(&tree)?;
     let index = modules.index(&tree).context("writing modules.dep")?;
     tree.insert_file(modules.dir.join("modules.dep"), index.dep, 0o644)?;
