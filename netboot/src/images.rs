@@ -43,15 +43,17 @@ impl Images {
 
     /// Where `path` of `<profile>`'s upgrade bundle is: the folder to serve it under
     /// and its path relative to that folder. The bundle is `upgrade.json`,
-    /// `SHA256SUMS`, its signature and the files under `netboot/`; everything else
-    /// (`nodes/`, `manifest.json`, disk images) is an error. With a verifier,
-    /// `upgrade.json` must also match the signed `SHA256SUMS`.
+    /// `upgrade.env` (what the node's upgrade agent reads), `SHA256SUMS`, its
+    /// signature and the files under `netboot/`; everything else (`nodes/`,
+    /// `manifest.json`, disk images) is an error. With a verifier, `upgrade.json`
+    /// and `upgrade.env` must also match the signed `SHA256SUMS`.
     pub fn bundle_file<'a>(&self, profile: &str, path: &'a str) -> Result<(PathBuf, &'a str)> {
         let netboot = self.netboot_dir(profile)?;
         if let Some(rel) = path.strip_prefix("netboot/") {
             return Ok((netboot, rel));
         }
-        if !["upgrade.json", sign::SUMS_FILE, sign::SIGNATURE_FILE].contains(&path) {
+        const INDEXES: [&str; 2] = ["upgrade.json", "upgrade.env"];
+        if !(INDEXES.contains(&path) || [sign::SUMS_FILE, sign::SIGNATURE_FILE].contains(&path)) {
             bail!("{path:?} is not part of an upgrade bundle");
         }
         let dir = self.dir.join(profile);
@@ -59,7 +61,7 @@ impl Images {
         if !std::fs::symlink_metadata(dir.join(path)).is_ok_and(|m| m.is_file()) {
             bail!("{path} is not a regular file");
         }
-        if path == "upgrade.json"
+        if INDEXES.contains(&path)
             && let Some(v) = &self.verifier
         {
             v.check_file(&dir, path)?;

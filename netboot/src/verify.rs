@@ -173,7 +173,7 @@ impl Verifier {
 
     /// Ok when `<profile_dir>/<file>` is listed in the signed `SHA256SUMS` with its
     /// content. Not cached: the file is hashed on every call, so only for small files
-    /// outside `netboot/` (`upgrade.json`).
+    /// outside `netboot/` (`upgrade.json`, `upgrade.env`).
     pub fn check_file(&self, profile_dir: &Path, file: &str) -> Result<()> {
         let sums = sign::verify_signature(profile_dir, &self.key)?;
         let result = match sums.get(file) {

@@ -129,7 +129,12 @@ async fn tampered_profile_is_refused_and_intact_one_served() {
 #[tokio::test]
 async fn tampered_upgrade_json_is_refused_and_intact_one_served() {
     let (_fixture, images, app) = both_profiles_signed();
-    for file in ["upgrade.json", "SHA256SUMS", "SHA256SUMS.minisig"] {
+    for file in [
+        "upgrade.json",
+        "upgrade.env",
+        "SHA256SUMS",
+        "SHA256SUMS.minisig",
+    ] {
         let (st, body) = get(&app, &format!("/bundles/proxmox/{file}")).await;
         assert_eq!(st, StatusCode::OK, "{file}");
         assert!(body == std::fs::read(images.join("proxmox").join(file)).unwrap());
@@ -151,9 +156,24 @@ async fn tampered_upgrade_json_is_refused_and_intact_one_served() {
     assert_eq!(st, StatusCode::OK, "restored upgrade.json is served again");
     assert!(body == original);
 
+    // The same for upgrade.env, the file the node's upgrade agent reads.
+    let env = images.join("proxmox/upgrade.env");
+    let original = std::fs::read(&env).unwrap();
+    std::fs::write(&env, b"LABIMG_BUNDLE_VERSION='evil'\n").unwrap();
+    let (st, _) = get(&app, "/bundles/proxmox/upgrade.env").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "tampered upgrade.env");
+    std::fs::write(&env, &original).unwrap();
+    let (st, _) = get(&app, "/bundles/proxmox/upgrade.env").await;
+    assert_eq!(st, StatusCode::OK, "restored upgrade.env is served again");
+
     // A tampered netboot file refuses the whole bundle, upgrade.json included.
     std::fs::write(images.join("pi5/netboot/initrd.img"), b"evil\n").unwrap();
-    for file in ["upgrade.json", "SHA256SUMS", "netboot/vmlinuz"] {
+    for file in [
+        "upgrade.json",
+        "upgrade.env",
+        "SHA256SUMS",
+        "netboot/vmlinuz",
+    ] {
         let (st, _) = get(&app, &format!("/bundles/pi5/{file}")).await;
         assert_eq!(st, StatusCode::NOT_FOUND, "{file} of a tampered profile");
     }

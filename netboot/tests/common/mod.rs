@@ -124,6 +124,14 @@ pub fn fixture(http_port: u16) -> Fixture {
         let p = images.join(profile);
         write(&p.join(format!("{profile}.raw")), &noise(10_000, 9));
         write(&p.join("upgrade.json"), upgrade_json(profile).as_bytes());
+        write(
+            &p.join("upgrade.env"),
+            format!(
+                "LABIMG_BUNDLE_VERSION='{}'\nLABIMG_BUNDLE_PROFILE='{profile}'\n",
+                &ROOT_SHA[..12]
+            )
+            .as_bytes(),
+        );
         write(&p.join("manifest.json"), b"{\"profile\":\"secret-ish\"}\n");
         write_sums(&p);
     }
