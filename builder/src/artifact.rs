@@ -5,8 +5,8 @@
 //!
 //! - the kernel command line, one value for disk slots and netboot: [`Cmdline`];
 //! - `netboot/netboot.json`: [`NetbootInfo`];
-//! - `manifest.json`: [`crate::manifest::Manifest`]; `upgrade.json`:
-//!   [`crate::upgrade::Bundle`]; `SHA256SUMS` and its minisign signature: [`sign`];
+//! - `manifest.json`: [`crate::manifest::Manifest`]; `upgrade.json` and the
+//!   `upgrade.env` the node reads: [`crate::upgrade::Bundle`]; `SHA256SUMS` and its minisign signature: [`sign`];
 //!   the sha256 every one of them is checked by: [`hash_file`].
 
 pub mod sign;

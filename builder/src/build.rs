@@ -188,7 +188,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
                 &slot_a,
             )
         })?;
-        // An upgrade bundle is the netboot files plus upgrade.json. Before
+        // An upgrade bundle is the netboot files plus upgrade.json and upgrade.env. Before
         // hash_outputs, so SHA256SUMS and the manifest list it.
         step("write upgrade bundle", || {
             crate::upgrade::write_upgrade_json(work, &profile.name, epoch, &root, &cmdline)

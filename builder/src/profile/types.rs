@@ -94,13 +94,13 @@ pub struct Upgrade {
     /// Where nodes look for a newer image at every boot: the HTTP URL of a
     /// `labimg build` output folder, for example
     /// `http://10.0.0.2:8080/bundles/proxmox` from `labimg serve`, or a static
-    /// server publishing that folder's `upgrade.json`, `SHA256SUMS(.minisig)` and
+    /// server publishing that folder's `upgrade.json`, `upgrade.env`, `SHA256SUMS(.minisig)` and
     /// `netboot/` (never `nodes/`). Becomes `labimg.upgrade=` on the kernel command line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// minisign public key, the base64 line of a `.pub` file from `labimg keygen`.
     /// Nodes then stage only bundles whose `SHA256SUMS.minisig` verifies with it
-    /// (`labimg build --sign-key` or `labimg sign`) and whose `upgrade.json` matches
+    /// (`labimg build --sign-key` or `labimg sign`) and whose `upgrade.env` matches
     /// the signed `SHA256SUMS`; the image carries Debian's `minisign` to check.
     /// Without it a bundle is trusted as served, with a warning on every upgrade.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,7 +236,7 @@ pub struct Outputs {
     /// Disk image formats to write.
     pub formats: Vec<ImageFormat>,
     /// Also write netboot artifacts (`netboot/`: kernel, initramfs, root image) and the
-    /// A/B upgrade bundle that reuses them (`upgrade.json`). Never written by a build
+    /// A/B upgrade bundle that reuses them (`upgrade.json`, `upgrade.env`). Never written by a build
     /// with `--embed-secrets`: `labimg serve` hands them to anyone on the LAN.
     pub netboot: bool,
     /// Output folder, instead of `images/<name>/`.
