@@ -173,10 +173,11 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     }
 
     let slot_a = target.cmdline(profile, &root, "a");
-    let cmdline: BTreeMap<String, String> = ["a", "b"]
-        .iter()
-        .map(|s| (s.to_string(), target.cmdline(profile, &root, s).to_string()))
-        .collect();
+    let slot_b = target.cmdline(profile, &root, "b");
+    let cmdline = BTreeMap::from([
+        ("a".to_owned(), slot_a.to_string()),
+        ("b".to_owned(), slot_b.to_string()),
+    ]);
     if netboot {
         step("write netboot artifacts", || {
             write_netboot(

@@ -194,6 +194,15 @@ mod tests {
         BuildPlan::new(p, opts, None, 42)
     }
 
+    /// `--node n`, with `--embed-secrets` when `embed`.
+    fn node(n: &str, embed: bool) -> BuildOptions {
+        BuildOptions {
+            node: Some(n.into()),
+            embed_secrets: embed,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn a_shared_build_goes_to_images_name_through_a_staging_folder() {
         let p = profile();
@@ -221,11 +230,6 @@ mod tests {
     #[test]
     fn a_node_build_goes_beside_the_shared_one_and_must_name_a_node() {
         let p = profile();
-        let node = |n: &str, embed: bool| BuildOptions {
-            node: Some(n.into()),
-            embed_secrets: embed,
-            ..Default::default()
-        };
         let b = plan(&p, &node("pve-w1", false)).unwrap();
         assert_eq!(b.out_dir, Path::new("images/proxmox-flux-pve-w1"));
         assert!(b.netboot && !b.private);
@@ -248,29 +252,12 @@ mod tests {
     fn embedded_secrets_make_a_private_build_without_netboot_or_upgrades() {
         let mut p = profile();
         p.upgrade.url = Some("http://boot.lan/images/proxmox-flux/".into());
-        let b = plan(
-            &p,
-            &BuildOptions {
-                node: Some("pve-cp1".into()),
-                embed_secrets: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let b = plan(&p, &node("pve-cp1", true)).unwrap();
         assert!(b.private && !b.netboot && b.render.embed_secrets);
         assert_eq!(b.profile.upgrade.url, None);
         assert_eq!(b.warnings.len(), 2, "{:?}", b.warnings);
         p.outputs.formats = Vec::<ImageFormat>::new();
-        let e = plan(
-            &p,
-            &BuildOptions {
-                node: Some("pve-cp1".into()),
-                embed_secrets: true,
-                ..Default::default()
-            },
-        )
-        .unwrap_err()
-        .to_string();
+        let e = plan(&p, &node("pve-cp1", true)).unwrap_err().to_string();
         assert!(e.contains("nothing to write"), "{e}");
     }
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::debian::cache::hash_file;
+use crate::artifact::hash_file;
 use crate::rootimg::RootImage;
 
 /// One file of the bundle, relative to the output folder.
@@ -241,18 +241,35 @@ mod tests {
         }
     }
 
-    #[test]
-    fn writes_one_key_per_line_with_the_hashes_of_the_netboot_files() {
+    /// A build folder with `files` (paths relative to it) and a root image
+    /// described as `size` bytes with sha256 `sha256`.
+    fn build_dir(
+        files: &[(&str, &[u8])],
+        size: u64,
+        sha256: &str,
+    ) -> (tempfile::TempDir, RootImage) {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("netboot")).unwrap();
-        std::fs::write(dir.path().join("netboot/vmlinuz"), b"kernel").unwrap();
-        std::fs::write(dir.path().join("netboot/initrd.img"), b"").unwrap();
+        for (rel, data) in files {
+            let path = dir.path().join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, data).unwrap();
+        }
         let root = RootImage {
             path: dir.path().join("netboot/root.squashfs"),
-            size: 4096,
-            sha256: "ab".repeat(32),
+            size,
+            sha256: sha256.to_owned(),
             verity: verity(),
         };
+        (dir, root)
+    }
+
+    #[test]
+    fn writes_one_key_per_line_with_the_hashes_of_the_netboot_files() {
+        let (dir, root) = build_dir(
+            &[("netboot/vmlinuz", b"kernel"), ("netboot/initrd.img", b"")],
+            4096,
+            &"ab".repeat(32),
+        );
         let cmdline = BTreeMap::from([
             ("a".to_owned(), "console=ttyS0 labimg.slot=a".to_owned()),
             ("b".to_owned(), "console=ttyS0 labimg.slot=b".to_owned()),
@@ -299,23 +316,17 @@ mod tests {
 
     #[test]
     fn lists_the_rpi_boot_files_except_cmdline_txt() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("netboot/rpi/overlays")).unwrap();
-        std::fs::write(dir.path().join("netboot/vmlinuz"), b"kernel").unwrap();
-        std::fs::write(dir.path().join("netboot/initrd.img"), b"").unwrap();
-        for (f, data) in [
-            ("config.txt", "kernel"),
-            ("cmdline.txt", "slot a"),
-            ("overlays/x.dtbo", ""),
-        ] {
-            std::fs::write(dir.path().join("netboot/rpi").join(f), data).unwrap();
-        }
-        let root = RootImage {
-            path: dir.path().join("netboot/root.squashfs"),
-            size: 1,
-            sha256: "00".repeat(32),
-            verity: verity(),
-        };
+        let (dir, root) = build_dir(
+            &[
+                ("netboot/vmlinuz", b"kernel"),
+                ("netboot/initrd.img", b""),
+                ("netboot/rpi/config.txt", b"kernel"),
+                ("netboot/rpi/cmdline.txt", b"slot a"),
+                ("netboot/rpi/overlays/x.dtbo", b""),
+            ],
+            1,
+            &"00".repeat(32),
+        );
         let b = write_upgrade_json(dir.path(), "p", 1, &root, &BTreeMap::new()).unwrap();
         let kernel = "6923dd1bc0460082c5d55a831908c24a282860b7f1cd6c2b79cf1bc8857c639c";
         let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -343,18 +354,16 @@ mod tests {
 
     #[test]
     fn upgrade_env_lists_the_rpi_boot_files_as_path_sha256_words() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("netboot/rpi/overlays")).unwrap();
-        std::fs::write(dir.path().join("netboot/vmlinuz"), b"kernel").unwrap();
-        std::fs::write(dir.path().join("netboot/initrd.img"), b"").unwrap();
-        std::fs::write(dir.path().join("netboot/rpi/config.txt"), b"kernel").unwrap();
-        std::fs::write(dir.path().join("netboot/rpi/overlays/x.dtbo"), b"").unwrap();
-        let root = RootImage {
-            path: dir.path().join("netboot/root.squashfs"),
-            size: 1,
-            sha256: "00".repeat(32),
-            verity: verity(),
-        };
+        let (dir, root) = build_dir(
+            &[
+                ("netboot/vmlinuz", b"kernel"),
+                ("netboot/initrd.img", b""),
+                ("netboot/rpi/config.txt", b"kernel"),
+                ("netboot/rpi/overlays/x.dtbo", b""),
+            ],
+            1,
+            &"00".repeat(32),
+        );
         write_upgrade_json(dir.path(), "p", 1, &root, &BTreeMap::new()).unwrap();
         let env = std::fs::read_to_string(dir.path().join("upgrade.env")).unwrap();
         let kernel = "6923dd1bc0460082c5d55a831908c24a282860b7f1cd6c2b79cf1bc8857c639c";
@@ -376,16 +385,11 @@ mod tests {
 
     #[test]
     fn refuses_a_cmdline_the_node_cannot_parse() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("netboot")).unwrap();
-        std::fs::write(dir.path().join("netboot/vmlinuz"), b"k").unwrap();
-        std::fs::write(dir.path().join("netboot/initrd.img"), b"i").unwrap();
-        let root = RootImage {
-            path: dir.path().join("netboot/root.squashfs"),
-            size: 1,
-            sha256: "00".repeat(32),
-            verity: verity(),
-        };
+        let (dir, root) = build_dir(
+            &[("netboot/vmlinuz", b"k"), ("netboot/initrd.img", b"i")],
+            1,
+            &"00".repeat(32),
+        );
         let cmdline = BTreeMap::from([("a".to_owned(), "x=\"y z\"".to_owned())]);
         let err = write_upgrade_json(dir.path(), "p", 1, &root, &cmdline).unwrap_err();
         assert!(format!("{err:#}").contains("slot a"), "{err:#}");

@@ -120,7 +120,7 @@ fn builds() -> (PathBuf, PathBuf) {
 fn rehash_upgrade_files(bundle: &Path) {
     let sums = bundle.join("SHA256SUMS");
     let hash = |f: &str| {
-        labimg_builder::debian::cache::hash_file(&bundle.join(f))
+        labimg_builder::artifact::hash_file(&bundle.join(f))
             .unwrap()
             .0
     };

@@ -12,6 +12,8 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
+use crate::artifact::hash_file;
+
 /// How many downloads run at once.
 const PARALLEL: usize = 4;
 
@@ -403,7 +405,3 @@ fn publish(partial: &Path, dest: &Path) -> Result<PathBuf> {
         .with_context(|| format!("renaming {} to {}", partial.display(), dest.display()))?;
     Ok(dest.to_path_buf())
 }
-
-/// The sha256 and size of a file (the artifact contract's hash, re-exported here
-/// for the cache's own checks).
-pub use crate::artifact::hash_file;

@@ -85,7 +85,7 @@ pub fn write_sums(dir: &Path) {
         .map(|o| format!("{}  {}\n", o.sha256, o.path))
         .collect::<String>()
         // The build lists manifest.json last (it lists the other outputs).
-        + &labimg_builder::debian::cache::hash_file(&dir.join("manifest.json"))
+        + &labimg_builder::artifact::hash_file(&dir.join("manifest.json"))
             .map(|(h, _)| format!("{h}  manifest.json\n"))
             .unwrap_or_default();
     std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
