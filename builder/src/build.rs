@@ -96,7 +96,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     for w in &plan.warnings {
         tracing::warn!("{w}");
     }
-    let (profile, epoch, netboot, render) = (&plan.profile, plan.epoch, plan.netboot, &plan.render);
+    let (profile, netboot, render) = (&plan.profile, plan.netboot, &plan.render);
     let target = target::for_profile(profile)?;
     // Loaded (and decrypted) first, so a wrong password fails before a long build.
     let sign_key = opts
@@ -117,6 +117,11 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         resolve_inputs(profile, target.as_ref(), cache)
     })?;
     let inputs = step("fetch inputs", || fetch_inputs(&archive, &resolved))?;
+    // Without SOURCE_DATE_EPOCH: the newest Date of the signed InRelease files read.
+    let dates: Vec<(&str, Option<u64>)> = archive.releases().map(|(s, r)| (s, r.date)).collect();
+    let build_epoch = plan.epoch(&dates)?;
+    let epoch = build_epoch.seconds;
+    tracing::info!("timestamp {epoch} ({})", build_epoch.source);
 
     let k3s_source = match &opts.k3s_binary {
         Some(p) => K3sBinary::Baked(p),
@@ -192,8 +197,15 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         // An upgrade bundle is the netboot files plus upgrade.json and upgrade.env. Before
         // hash_outputs, so SHA256SUMS and the manifest list it.
         step("write upgrade bundle", || {
-            crate::upgrade::write_upgrade_json(work, &profile.name, epoch, &root, &cmdline)
-                .map(|_| ())
+            crate::upgrade::write_upgrade_json(
+                work,
+                &profile.name,
+                &profile.k3s.version,
+                epoch,
+                &root,
+                &cmdline,
+            )
+            .map(|_| ())
         })?;
     }
     let nodes = step("write node configs", || write_node_dirs(work, &nodes))?;
@@ -230,6 +242,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         board: target.name().to_owned(),
         arch: profile.target.arch.as_str().to_owned(),
         source_date_epoch: epoch,
+        epoch_source: build_epoch.source.clone(),
         kernel_version: rootfs.kernel_version.clone(),
         cmdline,
         initramfs_modules: initramfs.modules.clone(),

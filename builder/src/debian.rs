@@ -161,6 +161,15 @@ impl Archive {
             .map(|i| &self.releases[i])
     }
 
+    /// Each configured suite (as the profile names it) with its verified
+    /// release, in the order they were opened.
+    pub fn releases(&self) -> impl Iterator<Item = (&str, &Release)> {
+        self.sources
+            .iter()
+            .map(|s| s.suite.as_str())
+            .zip(&self.releases)
+    }
+
     /// The architecture this archive was opened for.
     pub fn arch(&self) -> &str {
         &self.arch

@@ -40,7 +40,14 @@ pub struct Manifest {
     pub profile: String,
     pub board: String,
     pub arch: String,
+    /// Every timestamp of the build (seconds since 1970), which nodes compare
+    /// to refuse older upgrade bundles.
     pub source_date_epoch: u64,
+    /// Where `source_date_epoch` came from: `SOURCE_DATE_EPOCH`, or
+    /// `InRelease <suite> Date` (the newest signed `InRelease` the build read).
+    /// Empty in manifests written before it was recorded.
+    #[serde(default)]
+    pub epoch_source: String,
     pub kernel_version: String,
     /// Kernel command line per root slot.
     pub cmdline: BTreeMap<String, String>,

@@ -1,8 +1,10 @@
 //! The build's decisions, made before any work: where the outputs go and where
 //! they are staged, whether they are private, whether netboot artifacts and an
 //! upgrade bundle are written, which profile is built (`--embed-secrets` changes
-//! it), and the timestamp of every file. Pure: the same profile, options and
-//! environment give the same plan, and nothing is read or written.
+//! it), and the timestamp of every file ([`Epoch`]: `SOURCE_DATE_EPOCH` when set,
+//! else derived from the inputs once they are read, by [`BuildPlan::epoch`]).
+//! Pure: the same profile, options and environment give the same plan, and
+//! nothing is read or written.
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +26,8 @@ pub struct BuildOptions {
     /// Download cache (default: $LABIMG_CACHE, else ~/.cache/labimg).
     #[arg(long = "cache", value_name = "CACHE", env = "LABIMG_CACHE")]
     pub cache_dir: Option<PathBuf>,
-    /// Timestamp for every file; default `SOURCE_DATE_EPOCH` or 0. Not a flag.
+    /// Timestamp for every file; default `SOURCE_DATE_EPOCH`, else the newest
+    /// `Date:` of the signed `InRelease` files the build reads. Not a flag.
     #[arg(skip)]
     pub source_date_epoch: Option<u64>,
     /// Also embed secrets (k3s token, Git credentials) in the disk images: only for
@@ -62,8 +65,10 @@ pub struct BuildPlan {
     /// `netboot/` and the upgrade bundle are written (served to the whole LAN, so
     /// never with secrets in the root image).
     pub netboot: bool,
-    /// Seconds since the epoch for every timestamp in every output.
-    pub epoch: u64,
+    /// Seconds since the epoch for every timestamp in every output, when
+    /// `SOURCE_DATE_EPOCH` (or the option) fixes it; `None`: derived from the
+    /// inputs by [`BuildPlan::epoch`] once they are read.
+    pub epoch: Option<Epoch>,
     /// How node directories are rendered.
     pub render: RenderOptions,
     /// Said once, before the build starts.
@@ -97,7 +102,7 @@ impl BuildPlan {
                 }
             );
         }
-        let mut warnings = Vec::new();
+        let mut warnings = profile.warnings();
         let mut built = profile.clone();
         // An image with secrets must not upgrade itself from the shared, secret-less
         // bundle (its node would lose its token), so it gets no labimg.upgrade=.
@@ -128,10 +133,20 @@ impl BuildPlan {
             .to_string_lossy()
             .into_owned();
         let staging = parent_of(&out_dir).join(format!(".{file_name}.partial-{pid}"));
-        let epoch = opts
-            .source_date_epoch
-            .or_else(|| source_date_epoch?.parse().ok())
-            .unwrap_or(0);
+        let epoch = match (opts.source_date_epoch, source_date_epoch) {
+            (Some(seconds), _) => Some(seconds),
+            (None, Some(text)) => Some(text.trim().parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970 \
+                     (unset it to take the newest InRelease Date of the inputs)"
+                )
+            })?),
+            (None, None) => None,
+        }
+        .map(|seconds| Epoch {
+            seconds,
+            source: EPOCH_FROM_ENV.to_owned(),
+        });
         Ok(BuildPlan {
             profile: built,
             out_dir,
@@ -145,6 +160,56 @@ impl BuildPlan {
                 ..Default::default()
             },
             warnings,
+        })
+    }
+}
+
+/// `Epoch::source` when `SOURCE_DATE_EPOCH` (or the option) set it.
+pub const EPOCH_FROM_ENV: &str = "SOURCE_DATE_EPOCH";
+
+/// The timestamp of every file of a build, and where it came from; both are
+/// recorded in `manifest.json`. Nodes refuse an upgrade bundle older than the
+/// image they run by this number, so it must grow from one release to the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Epoch {
+    /// Seconds since 1970-01-01 UTC.
+    pub seconds: u64,
+    /// `SOURCE_DATE_EPOCH`, or `InRelease <suite> Date` for the suite whose
+    /// signed `InRelease` is the newest of those the build read.
+    pub source: String,
+}
+
+impl BuildPlan {
+    /// The build's epoch: the one the plan fixed (`SOURCE_DATE_EPOCH`), else
+    /// the newest `Date:` of the signed `InRelease` files the build read, given
+    /// as (suite, date) — reproducible (the same archive state gives the same
+    /// number) and growing as the archive moves. The first suite wins a tie.
+    pub fn epoch(&self, releases: &[(&str, Option<u64>)]) -> Result<Epoch> {
+        if let Some(fixed) = &self.epoch {
+            return Ok(fixed.clone());
+        }
+        let mut newest: Option<(&str, u64)> = None;
+        for (suite, date) in releases {
+            if let Some(d) = *date
+                && newest.is_none_or(|(_, n)| d > n)
+            {
+                newest = Some((suite, d));
+            }
+        }
+        let (suite, seconds) = newest.with_context(|| {
+            format!(
+                "no InRelease of the suites read ({}) has a Date: to derive the build's \
+                 timestamp from; set SOURCE_DATE_EPOCH",
+                releases
+                    .iter()
+                    .map(|(s, _)| *s)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        Ok(Epoch {
+            seconds,
+            source: format!("InRelease {suite} Date"),
         })
     }
 }
@@ -262,26 +327,47 @@ mod tests {
     }
 
     #[test]
-    fn the_epoch_is_the_option_else_source_date_epoch_else_zero() {
+    fn the_epoch_is_the_option_else_source_date_epoch_else_the_newest_inrelease_date() {
         let p = profile();
         let opts = BuildOptions::default();
-        assert_eq!(BuildPlan::new(&p, &opts, None, 1).unwrap().epoch, 0);
+        let releases = [
+            ("trixie", Some(1_764_000_000)),
+            ("trixie-backports", Some(1_764_100_000)),
+            ("trixie-security", None),
+        ];
+        let from_env = |seconds| Epoch {
+            seconds,
+            source: "SOURCE_DATE_EPOCH".into(),
+        };
+        // Nothing set: the newest signed Date of the suites read.
+        let b = BuildPlan::new(&p, &opts, None, 1).unwrap();
+        assert_eq!(b.epoch, None);
         assert_eq!(
-            BuildPlan::new(&p, &opts, Some("1700000000"), 1)
-                .unwrap()
-                .epoch,
-            1_700_000_000
+            b.epoch(&releases).unwrap(),
+            Epoch {
+                seconds: 1_764_100_000,
+                source: "InRelease trixie-backports Date".into()
+            }
         );
-        assert_eq!(BuildPlan::new(&p, &opts, Some("junk"), 1).unwrap().epoch, 0);
+        // A tie goes to the first suite; no Date at all is an error naming the suites.
+        let tie = [("trixie", Some(5)), ("trixie-backports", Some(5))];
+        assert_eq!(b.epoch(&tie).unwrap().source, "InRelease trixie Date");
+        let e = b.epoch(&[("sid", None)]).unwrap_err().to_string();
+        assert!(e.contains("sid") && e.contains("SOURCE_DATE_EPOCH"), "{e}");
+        // SOURCE_DATE_EPOCH wins over the inputs; the option over the environment.
+        let b = BuildPlan::new(&p, &opts, Some("1700000000"), 1).unwrap();
+        assert_eq!(b.epoch(&releases).unwrap(), from_env(1_700_000_000));
         let fixed = BuildOptions {
             source_date_epoch: Some(5),
             ..Default::default()
         };
-        assert_eq!(
-            BuildPlan::new(&p, &fixed, Some("1700000000"), 1)
-                .unwrap()
-                .epoch,
-            5
-        );
+        let b = BuildPlan::new(&p, &fixed, Some("1700000000"), 1).unwrap();
+        assert_eq!(b.epoch(&releases).unwrap(), from_env(5));
+        // A SOURCE_DATE_EPOCH that is not a number stops the build (it is not
+        // silently replaced by another time).
+        let e = BuildPlan::new(&p, &opts, Some("junk"), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SOURCE_DATE_EPOCH=\"junk\""), "{e}");
     }
 }

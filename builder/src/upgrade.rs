@@ -39,6 +39,10 @@ pub struct Bundle {
     /// When it was built (SOURCE_DATE_EPOCH): a node refuses an older build than
     /// the one it runs, so a replayed old (but signed) bundle cannot downgrade it.
     pub source_date_epoch: u64,
+    /// The k3s release the image runs (`k3s.version`, for example
+    /// `v1.36.4+k3s1`): an agent refuses a bundle whose k3s is newer than its
+    /// server's (Kubernetes' skew policy: no kubelet newer than the API server).
+    pub k3s_version: String,
     pub root: BundleFile,
     pub kernel: BundleFile,
     pub initrd: BundleFile,
@@ -135,6 +139,7 @@ impl Bundle {
                 "SOURCE_DATE_EPOCH".into(),
                 self.source_date_epoch.to_string(),
             ),
+            ("K3S_VERSION".into(), self.k3s_version.clone()),
         ];
         for (name, f) in [
             ("ROOT", &self.root),
@@ -196,6 +201,7 @@ impl Bundle {
 pub fn write_upgrade_json(
     out_dir: &Path,
     profile: &str,
+    k3s_version: &str,
     epoch: u64,
     root: &RootImage,
     cmdline: &BTreeMap<String, String>,
@@ -208,6 +214,7 @@ pub fn write_upgrade_json(
             .to_owned(),
         profile: profile.to_owned(),
         source_date_epoch: epoch,
+        k3s_version: k3s_version.to_owned(),
         root: BundleFile {
             file: "netboot/root.squashfs".into(),
             sha256: root.sha256.clone(),
@@ -274,7 +281,7 @@ mod tests {
             ("a".to_owned(), "console=ttyS0 labimg.slot=a".to_owned()),
             ("b".to_owned(), "console=ttyS0 labimg.slot=b".to_owned()),
         ]);
-        let b = write_upgrade_json(dir.path(), "p", 1, &root, &cmdline).unwrap();
+        let b = write_upgrade_json(dir.path(), "p", "v1.36.4+k3s1", 1, &root, &cmdline).unwrap();
         assert_eq!(b.version, "abababababab");
         // sha256("kernel") and sha256(""), as sha256sum prints them.
         assert_eq!(
@@ -303,6 +310,7 @@ mod tests {
         for line in [
             "LABIMG_BUNDLE_VERSION='abababababab'",
             "LABIMG_BUNDLE_SOURCE_DATE_EPOCH='1'",
+            "LABIMG_BUNDLE_K3S_VERSION='v1.36.4+k3s1'",
             "LABIMG_BUNDLE_ROOT_FILE='netboot/root.squashfs'",
             "LABIMG_BUNDLE_ROOT_SIZE='4096'",
             "LABIMG_BUNDLE_KERNEL_SHA256='6923dd1bc0460082c5d55a831908c24a282860b7f1cd6c2b79cf1bc8857c639c'",
@@ -327,7 +335,8 @@ mod tests {
             1,
             &"00".repeat(32),
         );
-        let b = write_upgrade_json(dir.path(), "p", 1, &root, &BTreeMap::new()).unwrap();
+        let b = write_upgrade_json(dir.path(), "p", "v1.36.4+k3s1", 1, &root, &BTreeMap::new())
+            .unwrap();
         let kernel = "6923dd1bc0460082c5d55a831908c24a282860b7f1cd6c2b79cf1bc8857c639c";
         let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert_eq!(
@@ -346,7 +355,8 @@ mod tests {
 
         // Without netboot/rpi (Proxmox) there is no rpi_boot key at all.
         std::fs::remove_dir_all(dir.path().join("netboot/rpi")).unwrap();
-        let b = write_upgrade_json(dir.path(), "p", 1, &root, &BTreeMap::new()).unwrap();
+        let b = write_upgrade_json(dir.path(), "p", "v1.36.4+k3s1", 1, &root, &BTreeMap::new())
+            .unwrap();
         assert_eq!(b.rpi_boot, None);
         let text = std::fs::read_to_string(dir.path().join("upgrade.json")).unwrap();
         assert!(!text.contains("rpi_boot"), "{text}");
@@ -364,7 +374,7 @@ mod tests {
             1,
             &"00".repeat(32),
         );
-        write_upgrade_json(dir.path(), "p", 1, &root, &BTreeMap::new()).unwrap();
+        write_upgrade_json(dir.path(), "p", "v1.36.4+k3s1", 1, &root, &BTreeMap::new()).unwrap();
         let env = std::fs::read_to_string(dir.path().join("upgrade.env")).unwrap();
         let kernel = "6923dd1bc0460082c5d55a831908c24a282860b7f1cd6c2b79cf1bc8857c639c";
         let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -374,7 +384,8 @@ mod tests {
         // A name the node would split or glob is refused, and nothing is written.
         std::fs::remove_file(dir.path().join("upgrade.env")).unwrap();
         std::fs::write(dir.path().join("netboot/rpi/a b.txt"), b"").unwrap();
-        let err = write_upgrade_json(dir.path(), "p", 1, &root, &BTreeMap::new()).unwrap_err();
+        let err = write_upgrade_json(dir.path(), "p", "v1.36.4+k3s1", 1, &root, &BTreeMap::new())
+            .unwrap_err();
         assert!(format!("{err:#}").contains("\"a b.txt\""), "{err:#}");
         assert!(!dir.path().join("upgrade.env").exists());
         for bad in ["a*b", "a'b", "a\\b", "", "../x", "a//b", "./a"] {
@@ -391,11 +402,13 @@ mod tests {
             &"00".repeat(32),
         );
         let cmdline = BTreeMap::from([("a".to_owned(), "x=\"y z\"".to_owned())]);
-        let err = write_upgrade_json(dir.path(), "p", 1, &root, &cmdline).unwrap_err();
+        let err =
+            write_upgrade_json(dir.path(), "p", "v1.36.4+k3s1", 1, &root, &cmdline).unwrap_err();
         assert!(format!("{err:#}").contains("slot a"), "{err:#}");
         for line in ["x='y'", "x=a\\b", "x\ny"] {
             let cmdline = BTreeMap::from([("b".to_owned(), line.to_owned())]);
-            let err = write_upgrade_json(dir.path(), "p", 1, &root, &cmdline).unwrap_err();
+            let err = write_upgrade_json(dir.path(), "p", "v1.36.4+k3s1", 1, &root, &cmdline)
+                .unwrap_err();
             assert!(
                 format!("{err:#}").contains("LABIMG_BUNDLE_CMDLINE_B"),
                 "{line:?}: {err:#}"

@@ -49,7 +49,16 @@ fn contract(p: &Profile) -> String {
         ("a".to_owned(), a.to_string()),
         ("b".to_owned(), b.to_string()),
     ]);
-    labimg_builder::upgrade::write_upgrade_json(dir.path(), &p.name, 0, &root, &lines).unwrap();
+    // A fixed epoch: the build's comes from SOURCE_DATE_EPOCH or the inputs (plan.rs).
+    labimg_builder::upgrade::write_upgrade_json(
+        dir.path(),
+        &p.name,
+        &p.k3s.version,
+        1_700_000_000,
+        &root,
+        &lines,
+    )
+    .unwrap();
     let upgrade = std::fs::read_to_string(dir.path().join("upgrade.json")).unwrap();
     let upgrade_env = std::fs::read_to_string(dir.path().join("upgrade.env")).unwrap();
     format!(

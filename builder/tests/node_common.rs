@@ -452,7 +452,9 @@ fn kv_get_reads_every_key_of_the_upgrade_env_the_builder_writes() {
         ),
         ("b".to_owned(), "console=ttyS0 labimg.slot=b".to_owned()),
     ]);
-    let b = labimg_builder::upgrade::write_upgrade_json(&out, "p", 7, &root, &cmdline).unwrap();
+    let b =
+        labimg_builder::upgrade::write_upgrade_json(&out, "p", "v1.36.4+k3s1", 7, &root, &cmdline)
+            .unwrap();
     let env = out.join("upgrade.env").display().to_string();
     let rpi: Vec<String> = b
         .rpi_boot
@@ -465,6 +467,7 @@ fn kv_get_reads_every_key_of_the_upgrade_env_the_builder_writes() {
         ("VERSION", b.version.clone()),
         ("PROFILE", "p".into()),
         ("SOURCE_DATE_EPOCH", "7".into()),
+        ("K3S_VERSION", "v1.36.4+k3s1".into()),
         ("ROOT_FILE", b.root.file.clone()),
         ("ROOT_SHA256", b.root.sha256.clone()),
         ("ROOT_SIZE", "4096".into()),

@@ -1,6 +1,8 @@
 //! Reproducible builds: the proxmox profile built twice, into two folders,
-//! with the same SOURCE_DATE_EPOCH and the same (stand-in) k3s binary, gives
-//! byte-identical outputs — raw.xz, qcow2, netboot artifacts, SBOM, manifest.
+//! without SOURCE_DATE_EPOCH (the timestamp is then the newest `Date:` of the
+//! signed `InRelease` files read, plan.rs) and with the same (stand-in) k3s
+//! binary, gives byte-identical outputs — raw.xz, qcow2, netboot artifacts,
+//! SBOM, manifest.
 //!
 //! Uses the real Debian mirror (through the verified download cache, so the
 //! second build fetches nothing).
@@ -30,7 +32,8 @@ fn build_into(out: &Path) {
         out_dir: Some(out.to_path_buf()),
         k3s_binary: Some(workspace().join("qemu-tests/stand-in/k3s")),
         cache_dir: std::env::var_os("LABIMG_CACHE").map(PathBuf::from),
-        source_date_epoch: Some(1_700_000_000),
+        // None, and SOURCE_DATE_EPOCH unset (checked below): the default epoch.
+        source_date_epoch: None,
         embed_secrets: false,
         ..Default::default()
     };
@@ -39,6 +42,10 @@ fn build_into(out: &Path) {
 
 #[test]
 fn the_proxmox_profile_builds_bit_for_bit_identical_twice() {
+    assert!(
+        std::env::var_os("SOURCE_DATE_EPOCH").is_none(),
+        "this test checks the epoch derived from the inputs: unset SOURCE_DATE_EPOCH"
+    );
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     build_into(&a);
@@ -79,6 +86,24 @@ fn the_proxmox_profile_builds_bit_for_bit_identical_twice() {
             == std::fs::read(b.join("manifest.json")).unwrap(),
         "manifest.json differs"
     );
+    // The timestamp came from the archive, not 1970 nor the clock.
+    let manifest = labimg_builder::manifest::Manifest::read(&a).unwrap();
+    assert!(
+        manifest.epoch_source.starts_with("InRelease ") && manifest.epoch_source.ends_with(" Date"),
+        "{}",
+        manifest.epoch_source
+    );
+    assert!(
+        manifest.source_date_epoch > 1_700_000_000,
+        "{}",
+        manifest.source_date_epoch
+    );
+    let env = std::fs::read_to_string(a.join("upgrade.env")).unwrap();
+    let want = format!(
+        "LABIMG_BUNDLE_SOURCE_DATE_EPOCH='{}'",
+        manifest.source_date_epoch
+    );
+    assert!(env.lines().any(|l| l == want), "{want} not in {env}");
     // The per-node configs (not in SHA256SUMS: private) are reproducible too.
     let nodes = |d: &Path| {
         let mut v: Vec<(String, String)> = Vec::new();
