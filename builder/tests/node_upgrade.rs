@@ -375,3 +375,49 @@ fn bless_gives_up_before_the_deadline_when_the_node_never_is_ready() {
     );
     assert!(r.ok && r.stdout.contains("ok"), "{}", r.stderr);
 }
+
+#[test]
+fn lineage_refuses_another_profile_and_an_older_epoch_but_not_an_equal_one() {
+    let n = Node::new();
+    // The running image: built from an archive whose newest InRelease Date was this.
+    n.write("release", "PROFILE=pi5\nSOURCE_DATE_EPOCH=1764100000\n");
+    let lineage = |profile: &str, epoch: &str, env: &[(&str, &str)]| {
+        n.write(
+            "upgrade.env",
+            &format!(
+                "LABIMG_BUNDLE_PROFILE='{profile}'\nLABIMG_BUNDLE_SOURCE_DATE_EPOCH='{epoch}'\n"
+            ),
+        );
+        n.run(
+            env,
+            "RELEASE=$PWD/release LB_META=$PWD/upgrade.env\ncheck_lineage\necho passed",
+        )
+    };
+    for epoch in ["1764100000", "1764200000"] {
+        let r = lineage("pi5", epoch, &[]);
+        assert!(r.ok && r.stdout.contains("passed"), "{epoch}: {}", r.stderr);
+    }
+    let r = lineage("pi5", "1764099999", &[]);
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(
+        r.stderr.contains(
+            "labimg: upgrade refused: the bundle was built at SOURCE_DATE_EPOCH 1764099999, before the running image (1764100000)"
+        ),
+        "{}",
+        r.stderr
+    );
+    let r = lineage("pi5", "1764099999", &[("LABIMG_ALLOW_DOWNGRADE", "1")]);
+    assert!(r.ok, "{}", r.stderr);
+    let r = lineage("proxmox", "1764200000", &[]);
+    assert!(
+        !r.ok && r.stderr.contains("the bundle is for profile 'proxmox'"),
+        "{}",
+        r.stderr
+    );
+    let r = lineage("pi5", "", &[]);
+    assert!(
+        !r.ok && r.stderr.contains("has no LABIMG_BUNDLE_SOURCE_DATE_EPOCH"),
+        "{}",
+        r.stderr
+    );
+}
