@@ -20,7 +20,8 @@ use crate::profile::{CniKind, DEFAULT_NODE_DIR, Node, Profile, Role, UnknownNode
 pub struct NodeDir {
     pub hostname: String,
     pub files: BTreeMap<String, (Vec<u8>, u32)>,
-    /// The paths in `files` that hold secret values (`k3s/token`, Secret manifests).
+    /// The paths in `files` that hold secret values (`k3s/token`, `k3s/agent-token`,
+    /// Secret manifests).
     pub secrets: BTreeSet<String>,
 }
 
@@ -76,8 +77,14 @@ pub fn k3s_config(profile: &Profile, node: &Node) -> Result<Value> {
         c.insert("node-ip".into(), json!(ip));
     }
     let server = node.role == Role::Server;
-    if server && profile.is_first_server(node) {
-        c.insert("cluster-init".into(), json!(true));
+    // The first server, and an unlisted machine that is a server (a cluster of its
+    // own), start the cluster; with embedded etcd that is `cluster-init`, with SQLite
+    // k3s's default. The first server of an HA profile joins instead when another
+    // server already answers (JOIN_PEERS, decided on the node: k3s_join_decide).
+    if server && (profile.is_first_server(node) || is_default(node)) {
+        if profile.embedded_etcd() {
+            c.insert("cluster-init".into(), json!(true));
+        }
     } else if let Some(url) = profile.server_url() {
         c.insert("server".into(), json!(url));
     }
@@ -123,8 +130,13 @@ pub fn k3s_config(profile: &Profile, node: &Node) -> Result<Value> {
         c.insert("kubelet-arg".into(), json!(k.kubelet_args));
     }
     if profile.cluster.token.is_some() {
-        // The value itself stays out of config.yaml: see preseed::secret_files.
+        // The values themselves stay out of config.yaml: see preseed::secret_files.
+        // A server holds the server token and the agent token; an agent only the
+        // agent token, in its token-file.
         c.insert("token-file".into(), json!(preseed::TOKEN_PATH));
+        if server {
+            c.insert("agent-token-file".into(), json!(preseed::AGENT_TOKEN_PATH));
+        }
     }
     for (key, v) in &k.extra_config {
         // extra-config is cluster-wide: server-only options are not for agents.
@@ -157,6 +169,8 @@ pub fn default_node(profile: &Profile) -> Option<Node> {
         labels: Default::default(),
         taints: Vec::new(),
         kernel_args: Vec::new(),
+        dhcp_reservation: false,
+        state_disk: None,
     })
 }
 
@@ -186,12 +200,18 @@ pub fn node_env(profile: &Profile, node: &Node) -> String {
             profile.k3s_sha256().unwrap_or_default().to_owned(),
         ),
         ("K3S_URL_SOURCE", profile.k3s_url()),
+        ("JOIN_PEERS", profile.join_peers(node).join(" ")),
+        (
+            "STATE_DISK",
+            profile.state_disk(node).unwrap_or_default().to_owned(),
+        ),
     ];
     let mut out =
         String::from("# Rendered by labimg from the profile; sourced by /usr/lib/labimg/init.\n");
     for (k, v) in vars {
-        // Only the default node's has a prefix: other node.env files stay as they were.
-        if k == "HOSTNAME_PREFIX" && v.is_empty() {
+        // Written only where they are set (the default node's prefix, the first HA
+        // server's peers, a netboot state disk): other node.env files stay as they were.
+        if matches!(k, "HOSTNAME_PREFIX" | "JOIN_PEERS" | "STATE_DISK") && v.is_empty() {
             continue;
         }
         out.push_str(&format!("{k}={}\n", q(&v)));
@@ -209,7 +229,7 @@ pub fn render(profile: &Profile, node: &Node) -> Result<NodeDir> {
     )
 }
 
-/// Renders one node's directory for `dest`: secret files (`k3s/token`, Secret
+/// Renders one node's directory for `dest`: secret files (`k3s/token`, `k3s/agent-token`, Secret
 /// manifests) only where [`Destination::gets_secrets`] says so.
 pub fn render_with(
     profile: &Profile,

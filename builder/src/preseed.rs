@@ -27,6 +27,44 @@ use crate::profile::{Node, Profile, Role};
 /// is installed there by the node init).
 pub const TOKEN_PATH: &str = "/etc/rancher/k3s/token";
 
+/// Where a server's k3s reads the agent token (`k3s/agent-token` of the node
+/// directory, installed there by the node init).
+pub const AGENT_TOKEN_PATH: &str = "/etc/rancher/k3s/agent-token";
+
+/// The label the agent token is derived under (see [`agent_token`]).
+const AGENT_TOKEN_LABEL: &[u8] = b"labimg k3s agent-token v1";
+
+/// The agent token of a cluster whose server token is `token`: the hex HMAC-SHA256
+/// of the label `labimg k3s agent-token v1` keyed with the server token. Servers get
+/// it as k3s's `agent-token`, agents as their only token, so an agent never holds the
+/// server token (which would let it join as a server), the user keeps one secret and
+/// a build stays reproducible. An agent token does not give the server token back.
+pub fn agent_token(token: &str) -> String {
+    hex::encode(hmac_sha256(token.as_bytes(), AGENT_TOKEN_LABEL))
+}
+
+/// HMAC-SHA256 (RFC 2104) over `sha2`.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    const BLOCK: usize = 64;
+    let mut k = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| k.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
 /// Build choices that are not part of the profile.
 #[derive(Clone, Debug)]
 pub struct RenderOptions {
@@ -184,9 +222,10 @@ pub fn server_manifests(
     collect(all)
 }
 
-/// The files of a node directory that hold secret values (mode 0600):
-/// `k3s/token` for every node when the cluster has a token, and for servers the
-/// Secrets the GitOps manifests reference. Resolves the secrets now.
+/// The files of a node directory that hold secret values (mode 0600): when the
+/// cluster has a token, `k3s/token` (a server's holds the server token, an agent's
+/// the [`agent_token`]) and for servers `k3s/agent-token`; for servers the Secrets
+/// the GitOps manifests reference. Resolves the secrets now.
 pub fn secret_files(
     profile: &Profile,
     node: &Node,
@@ -195,10 +234,14 @@ pub fn secret_files(
     let mut out = BTreeMap::new();
     if let Some(src) = &profile.cluster.token {
         let token = secrets::resolve_line(src, opts, "cluster.token")?;
-        out.insert(
-            "k3s/token".to_owned(),
-            (format!("{token}\n").into_bytes(), 0o600),
-        );
+        let agent = agent_token(&token);
+        let line = |t: &str| (format!("{t}\n").into_bytes(), 0o600);
+        if node.role == Role::Server {
+            out.insert("k3s/token".to_owned(), line(&token));
+            out.insert("k3s/agent-token".to_owned(), line(&agent));
+        } else {
+            out.insert("k3s/token".to_owned(), line(&agent));
+        }
     }
     if node.role == Role::Server {
         let t = Templates::new()?;
@@ -298,6 +341,26 @@ mod tests {
         );
         assert!(validate_manifest("a.yaml", "# nothing\n").is_err());
         assert!(validate_manifest("a.yaml", "a: [\n").is_err());
+    }
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        // RFC 4231 test cases 2 (short key) and 6 (a key longer than the block).
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+        let a = agent_token("K10secret");
+        assert_eq!(a.len(), 64);
+        assert_eq!(a, agent_token("K10secret"), "deterministic");
+        assert_ne!(a, agent_token("K10secreT"));
     }
 
     #[test]

@@ -193,15 +193,24 @@ impl Profile {
     }
 
     /// What the servers' certificate must name (`tls-san`): the profile's
-    /// `k3s.tls-san`, then the host of the join address ([`Profile::server_url`]) and
-    /// `cluster.vip`, each once. k3s adds each server's own hostname and node IP
-    /// itself, but not a DNS name or VIP that joiners use, and with
-    /// `tls-san-security` (its default) it will not add them later: agents joining
-    /// `https://pi-cp1.lan:6443` would fail x509 verification.
+    /// `k3s.tls-san`, then the host of the join address ([`Profile::server_url`]),
+    /// `cluster.vip` and every listed server's static ip, each once. k3s adds each
+    /// server's own hostname and node IP itself, but not a DNS name or VIP that
+    /// joiners use, and with `tls-san-security` (its default) it will not add them
+    /// later: agents joining `https://pi-cp1.lan:6443` would fail x509 verification.
+    /// The servers' addresses make every server's certificate valid for any of them
+    /// (a load balancer or DNS name in front of the servers may send a client to any).
     pub fn tls_sans(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let join_host = self.server_url().as_deref().and_then(url_host);
-        let extra = join_host.into_iter().chain(self.cluster.vip.clone());
+        let server_ips = self
+            .servers()
+            .filter_map(|n| n.address())
+            .map(|c| c.addr.to_string());
+        let extra = join_host
+            .into_iter()
+            .chain(self.cluster.vip.clone())
+            .chain(server_ips);
         for name in self.k3s.tls_san.iter().cloned().chain(extra) {
             if !out.contains(&name) {
                 out.push(name);
@@ -239,6 +248,59 @@ impl Profile {
     /// The nodes with the server role.
     pub fn servers(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(|n| n.role == Role::Server)
+    }
+
+    /// Whether the servers run embedded etcd (`k3s.datastore`): asked for, or
+    /// `"auto"` with two or more listed servers. Otherwise k3s's default SQLite.
+    pub fn embedded_etcd(&self) -> bool {
+        match self.k3s.datastore {
+            Datastore::Etcd => true,
+            Datastore::Sqlite => false,
+            Datastore::Auto => self.servers().count() >= 2,
+        }
+    }
+
+    /// The API addresses of the servers other than `node`, as `https://<host>:6443`
+    /// (the static ip without its prefix, else the hostname): the peers the first
+    /// server of an embedded-etcd cluster asks before it initialises a new cluster
+    /// (`JOIN_PEERS` in its `node.env`). Empty for every other node.
+    pub fn join_peers(&self, node: &Node) -> Vec<String> {
+        if node.role != Role::Server || !self.is_first_server(node) || !self.embedded_etcd() {
+            return Vec::new();
+        }
+        self.servers()
+            .filter(|n| n.hostname != node.hostname)
+            .map(|n| match n.address().map(|c| c.addr) {
+                Some(std::net::IpAddr::V4(ip)) => format!("https://{ip}:6443"),
+                Some(std::net::IpAddr::V6(ip)) => format!("https://[{ip}]:6443"),
+                None => format!("https://{}:6443", n.hostname),
+            })
+            .collect()
+    }
+
+    /// What is allowed but probably not meant, said once before a build.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.nodes.is_empty()
+            && self.unknown_nodes() == UnknownNodes::Server
+            && self.k3s.datastore == Datastore::Etcd
+        {
+            out.push(
+                "k3s.datastore = \"etcd\" with cluster.unknown-nodes = \"server\": every \
+                 machine starts an etcd cluster of its own on an address it gets by DHCP, \
+                 and etcd keeps its member address; give each machine a DHCP reservation"
+                    .to_owned(),
+            );
+        }
+        out
+    }
+
+    /// The netboot state disk of `node` (its own `state-disk`, else
+    /// `netboot.state-disk`).
+    pub fn state_disk<'a>(&'a self, node: &'a Node) -> Option<&'a str> {
+        node.state_disk
+            .as_deref()
+            .or(self.netboot.state_disk.as_deref())
     }
 }
 

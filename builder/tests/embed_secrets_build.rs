@@ -139,7 +139,9 @@ formats = ["qcow2"]
         .arg("-cat")
         .arg(&slot)
         .arg("usr/lib/labimg/nodes/pve-e2/k3s/token"));
-    assert_eq!(got.trim(), token);
+    // pve-e2 is an agent: it carries the agent token derived from the server token,
+    // never the server token itself.
+    assert_eq!(got.trim(), labimg_builder::preseed::agent_token(token));
     // pve-e2 only: the agent joins the server the whole profile describes.
     let index = run(Command::new("unsquashfs")
         .arg("-cat")

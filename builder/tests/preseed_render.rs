@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use labimg_builder::nodecfg::{self, NodeDir};
-use labimg_builder::preseed::{Destination, PreseedError, RenderOptions};
+use labimg_builder::preseed::{self, Destination, PreseedError, RenderOptions};
 use labimg_builder::profile::{self, HelmChart, Profile};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -388,12 +388,40 @@ fn servers_certificates_name_every_join_address() {
     );
     let (ha, _) = nodecfg::render_all(&load("ha-cilium-argocd", &[])).unwrap();
     for host in ["cp1", "cp2", "cp3"] {
+        // The profile's names, the VIP (already listed), the join URL's host
+        // (cp1's ip) and every server's address: cp1 joins cp2 or cp3 by theirs.
         assert_eq!(
             yaml(node(&ha, host), "k3s/config.yaml")["tls-san"],
-            json!(["k8s.lab.example", "192.168.20.10", "192.168.20.11"]),
+            json!([
+                "k8s.lab.example",
+                "192.168.20.10",
+                "192.168.20.11",
+                "192.168.20.12",
+                "192.168.20.13"
+            ]),
             "{host}"
         );
     }
+    let (flux, _) = nodecfg::render_all(&load("proxmox-flux", &[])).unwrap();
+    assert_eq!(
+        yaml(node(&flux, "pve-cp1"), "k3s/config.yaml")["tls-san"],
+        json!(["192.168.10.11"]),
+        "the join URL's host, which is also the server's address"
+    );
+    for host in ["pve-w1", "pve-w2"] {
+        assert!(
+            yaml(node(&flux, host), "k3s/config.yaml")
+                .get("tls-san")
+                .is_none()
+        );
+    }
+    // An unlisted machine that is a server of its own: k3s names its own address.
+    let (longhorn, _) = nodecfg::render_all(&load("proxmox-longhorn", &[])).unwrap();
+    assert!(
+        yaml(node(&longhorn, "default"), "k3s/config.yaml")
+            .get("tls-san")
+            .is_none()
+    );
     let p = load(
         "proxmox-flux",
         &[
@@ -401,5 +429,167 @@ fn servers_certificates_name_every_join_address() {
             "cluster.vip=fd00::20",
         ],
     );
-    assert_eq!(p.tls_sans(), ["fd00::10", "fd00::20"]);
+    assert_eq!(p.tls_sans(), ["fd00::10", "fd00::20", "192.168.10.11"]);
+}
+
+fn env_of(d: &NodeDir) -> &str {
+    std::str::from_utf8(&d.files["node.env"].0).unwrap()
+}
+
+/// `k3s.datastore`: embedded etcd (`cluster-init`) only with two or more servers
+/// unless asked; the first server of such a profile learns its peers (`JOIN_PEERS`)
+/// so that it joins them instead of starting a second cluster.
+#[test]
+fn cluster_init_only_where_embedded_etcd_belongs() {
+    // One listed server: k3s's default SQLite, nothing to join.
+    for example in ["proxmox-flux", "pi5-argocd"] {
+        let p = load(example, &[]);
+        assert!(!p.embedded_etcd(), "{example}");
+        let (dirs, _) = nodecfg::render_all(&p).unwrap();
+        let first = node(&dirs, &p.servers().next().unwrap().hostname);
+        let c = yaml(first, "k3s/config.yaml");
+        assert!(c.get("cluster-init").is_none(), "{example}: {c}");
+        assert!(c.get("server").is_none(), "{example}: {c}");
+        for d in &dirs {
+            assert!(
+                !env_of(d).contains("JOIN_PEERS"),
+                "{example}/{}",
+                d.hostname
+            );
+        }
+    }
+    // Unlisted machines that are servers of their own (the shipped profiles).
+    let (longhorn, _) = nodecfg::render_all(&load("proxmox-longhorn", &[])).unwrap();
+    let c = yaml(node(&longhorn, "default"), "k3s/config.yaml");
+    assert!(
+        c.get("cluster-init").is_none() && c.get("server").is_none(),
+        "{c}"
+    );
+
+    // Asked for: etcd on one server (a cluster meant to grow), and on unlisted servers.
+    let p = load("proxmox-flux", &["k3s.datastore=etcd"]);
+    let (dirs, _) = nodecfg::render_all(&p).unwrap();
+    assert_eq!(
+        yaml(node(&dirs, "pve-cp1"), "k3s/config.yaml")["cluster-init"],
+        json!(true)
+    );
+    assert!(
+        !env_of(node(&dirs, "pve-cp1")).contains("JOIN_PEERS"),
+        "no peers to ask"
+    );
+    assert!(
+        yaml(node(&dirs, "pve-w1"), "k3s/config.yaml")
+            .get("cluster-init")
+            .is_none()
+    );
+    let p = load("proxmox-longhorn", &["k3s.datastore=etcd"]);
+    let (dirs, _) = nodecfg::render_all(&p).unwrap();
+    assert_eq!(
+        yaml(node(&dirs, "default"), "k3s/config.yaml")["cluster-init"],
+        json!(true)
+    );
+    assert_eq!(p.warnings().len(), 1, "{:?}", p.warnings());
+    assert!(p.warnings()[0].contains("DHCP reservation"));
+    assert!(load("proxmox-longhorn", &[]).warnings().is_empty());
+
+    // Three servers: etcd; the first initialises unless a peer answers.
+    let p = load("ha-cilium-argocd", &[]);
+    assert!(p.embedded_etcd());
+    let (ha, _) = nodecfg::render_all(&p).unwrap();
+    assert_eq!(
+        yaml(node(&ha, "cp1"), "k3s/config.yaml")["cluster-init"],
+        json!(true)
+    );
+    assert!(
+        env_of(node(&ha, "cp1"))
+            .contains("JOIN_PEERS='https://192.168.20.12:6443 https://192.168.20.13:6443'\n"),
+        "{}",
+        env_of(node(&ha, "cp1"))
+    );
+    for host in ["cp2", "cp3"] {
+        let c = yaml(node(&ha, host), "k3s/config.yaml");
+        assert!(c.get("cluster-init").is_none(), "{host}");
+        assert_eq!(c["server"], json!("https://192.168.20.11:6443"), "{host}");
+        assert!(!env_of(node(&ha, host)).contains("JOIN_PEERS"), "{host}");
+    }
+    // A peer without a static ip (a DHCP reservation) is asked by its hostname.
+    let p = load(
+        "ha-cilium-argocd",
+        &[
+            "nodes.2={ hostname = \"cp3\", mac = \"bc:24:11:20:00:03\", role = \"server\", \
+             dhcp-reservation = true }",
+        ],
+    );
+    let (ha, _) = nodecfg::render_all(&p).unwrap();
+    assert!(
+        env_of(node(&ha, "cp1"))
+            .contains("JOIN_PEERS='https://192.168.20.12:6443 https://cp3:6443'\n"),
+        "{}",
+        env_of(node(&ha, "cp1"))
+    );
+}
+
+/// Agents never receive the server token: servers get `token-file` and
+/// `agent-token-file`, agents only `token-file` (whose file holds the agent token,
+/// see preseed_secrets.rs).
+#[test]
+fn agents_get_the_agent_token_servers_both() {
+    for example in ["ha-cilium-argocd", "proxmox-flux", "pi5-argocd"] {
+        let p = load(example, &[]);
+        let (dirs, _) = nodecfg::render_all(&p).unwrap();
+        for n in &p.nodes {
+            let c = yaml(node(&dirs, &n.hostname), "k3s/config.yaml");
+            assert_eq!(
+                c["token-file"],
+                json!("/etc/rancher/k3s/token"),
+                "{example}/{}",
+                n.hostname
+            );
+            match n.role {
+                profile::Role::Server => assert_eq!(
+                    c["agent-token-file"],
+                    json!("/etc/rancher/k3s/agent-token"),
+                    "{example}/{}",
+                    n.hostname
+                ),
+                profile::Role::Agent => assert!(
+                    c.get("agent-token-file").is_none(),
+                    "{example}/{}",
+                    n.hostname
+                ),
+            }
+        }
+    }
+    // Without a cluster token k3s makes its own: no token files at all.
+    let (dirs, _) = nodecfg::render_all(&load("proxmox-longhorn", &[])).unwrap();
+    let c = yaml(node(&dirs, "default"), "k3s/config.yaml");
+    assert!(
+        c.get("token-file").is_none() && c.get("agent-token-file").is_none(),
+        "{c}"
+    );
+    assert_eq!(
+        preseed::agent_token("K10example"),
+        preseed::agent_token("K10example"),
+        "reproducible"
+    );
+    assert_ne!(preseed::agent_token("K10example"), "K10example");
+}
+
+/// `netboot.state-disk` and a node's own `state-disk` reach `node.env` as
+/// `STATE_DISK`; without them the key is absent.
+#[test]
+fn the_netboot_state_disk_reaches_node_env() {
+    let (dirs, _) = nodecfg::render_all(&load("proxmox-flux", &[])).unwrap();
+    assert!(dirs.iter().all(|d| !env_of(d).contains("STATE_DISK")));
+    let p = load(
+        "proxmox-flux",
+        &["netboot.state-disk=sda", "nodes.1.state-disk=nvme0n1"],
+    );
+    let (dirs, _) = nodecfg::render_all(&p).unwrap();
+    assert!(env_of(node(&dirs, "pve-cp1")).contains("STATE_DISK='sda'\n"));
+    assert!(env_of(node(&dirs, "pve-w1")).contains("STATE_DISK='nvme0n1'\n"));
+    assert!(env_of(node(&dirs, "pve-w2")).contains("STATE_DISK='sda'\n"));
+    let (dirs, _) =
+        nodecfg::render_all(&load("proxmox-longhorn", &["netboot.state-disk=vda"])).unwrap();
+    assert!(env_of(node(&dirs, "default")).contains("STATE_DISK='vda'\n"));
 }

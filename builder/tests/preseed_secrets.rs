@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 
 use labimg_builder::nodecfg::{self, NodeDir};
-use labimg_builder::preseed::{Destination, RenderOptions};
-use labimg_builder::profile::{self, Profile};
+use labimg_builder::preseed::{self, Destination, RenderOptions};
+use labimg_builder::profile::{self, Profile, Role};
 use serde_json::Value;
 
 fn load(example: &str, sets: &[&str]) -> Profile {
@@ -33,6 +33,12 @@ fn shared_bytes(dirs: &[NodeDir], index: &str) -> Vec<(String, Vec<u8>)> {
         }
     }
     out
+}
+
+fn is_server(p: &Profile, host: &str) -> bool {
+    p.nodes
+        .iter()
+        .any(|n| n.hostname == host && n.role == Role::Server)
 }
 
 fn secret_doc(d: &NodeDir, file: &str) -> Value {
@@ -86,7 +92,14 @@ fn secrets_stay_out_of_shared_outputs() {
             "gitops.credentials={ env = \"LABIMG_PRESEED_TEST_GIT\" }",
         ],
     );
-    let secrets = [&token, &git_token, &format!("key{unique}"), &age_key];
+    let agent_token = preseed::agent_token(&token);
+    let secrets = [
+        &token,
+        &agent_token,
+        &git_token,
+        &format!("key{unique}"),
+        &age_key,
+    ];
 
     for p in [&flux, &argo] {
         let (shared, index) = nodecfg::render_all_with(p, &opts, Destination::Shared).unwrap();
@@ -99,7 +112,9 @@ fn secrets_stay_out_of_shared_outputs() {
                 );
             }
         }
-        assert!(shared.iter().all(|d| !d.files.contains_key("k3s/token")));
+        assert!(shared.iter().all(
+            |d| !d.files.contains_key("k3s/token") && !d.files.contains_key("k3s/agent-token")
+        ));
 
         // The private directory is the shared one plus the secret files.
         let (private, _) = nodecfg::render_all_with(p, &opts, Destination::Private).unwrap();
@@ -107,10 +122,35 @@ fn secrets_stay_out_of_shared_outputs() {
             for (f, data) in &s.files {
                 assert_eq!(&v.files[f], data, "{}/{f}", s.hostname);
             }
-            let (tok, mode) = &v.files["k3s/token"];
+            // A server holds the server token and the agent token; an agent only the
+            // agent token, as its token.
+            let server = is_server(p, &s.hostname);
+            let file = |f: &str| v.files.get(f).map(|(d, m)| (d.as_slice(), *m));
+            let line = |t: &str| format!("{t}\n").into_bytes();
+            let (want_token, want_agent) = if server {
+                (line(&token), Some(line(&agent_token)))
+            } else {
+                (line(&agent_token), None)
+            };
             assert_eq!(
-                (tok.as_slice(), *mode),
-                (format!("{token}\n").as_bytes(), 0o600)
+                file("k3s/token"),
+                Some((want_token.as_slice(), 0o600)),
+                "{}",
+                s.hostname
+            );
+            assert_eq!(
+                file("k3s/agent-token"),
+                want_agent.as_deref().map(|a| (a, 0o600)),
+                "{}",
+                s.hostname
+            );
+            let secret_names: Vec<&str> = v.secrets.iter().map(String::as_str).collect();
+            assert!(secret_names.contains(&"k3s/token"), "{}", s.hostname);
+            assert_eq!(
+                secret_names.contains(&"k3s/agent-token"),
+                server,
+                "{}",
+                s.hostname
             );
         }
 
@@ -121,6 +161,12 @@ fn secrets_stay_out_of_shared_outputs() {
         };
         let (embedded, _) = nodecfg::render_all_with(p, &embed, Destination::Shared).unwrap();
         assert!(embedded.iter().all(|d| d.files.contains_key("k3s/token")));
+        // Agents never hold the server token, not even in their own embedded image.
+        for d in embedded.iter().chain(&private) {
+            if !is_server(p, &d.hostname) {
+                assert!(!contains(&d.files["k3s/token"].0, &token), "{}", d.hostname);
+            }
+        }
     }
 
     let (private, _) = nodecfg::render_all_with(&flux, &opts, Destination::Private).unwrap();

@@ -242,6 +242,7 @@ role = "agent"
         ("gitops.app-of-apps", 10),
         ("nodes[0].hostname", 12),
         ("nodes[0].mac", 13),
+        ("nodes[0].ip", 11), // a server needs a static ip or a DHCP reservation
         ("nodes[1].serial", 18),
         ("nodes[1].serial", 18), // wrong length, and a serial on a proxmox board
         ("nodes[1].ip", 20),
@@ -477,6 +478,7 @@ unknown-nodes = "server"
 hostname = "default"
 mac = "52:54:00:00:00:01"
 role = "server"
+dhcp-reservation = true
 "#,
         ),
     ]);
@@ -607,4 +609,85 @@ fn topology_problems_are_found_by_validation_at_their_keys() {
         "{e}"
     );
     assert!(p.location.file.ends_with("pi.toml"), "{e}");
+}
+
+/// Servers need an address that does not change; SQLite holds one server only; a
+/// netboot state disk is a kernel disk name.
+#[test]
+fn servers_datastore_and_state_disk_are_checked_at_their_keys() {
+    let nodes = r#"[cluster]
+token = { env = "T" }
+[[nodes]]
+hostname = "cp1"
+mac = "52:54:00:00:00:01"
+role = "server"
+[[nodes]]
+hostname = "cp2"
+mac = "52:54:00:00:00:02"
+role = "server"
+ip = "10.0.0.2/24"
+dns = ["10.0.0.1"]
+dhcp-reservation = true
+state-disk = "/dev/sda"
+[[nodes]]
+hostname = "cp3"
+mac = "52:54:00:00:00:03"
+role = "server"
+dhcp-reservation = true
+[[nodes]]
+hostname = "w1"
+mac = "52:54:00:00:00:04"
+role = "agent"
+[netboot]
+state-disk = "disk/by-path/pci-0000:00:05.0"
+"#;
+    let text = format!("{MINIMAL}datastore = \"sqlite\"\n{nodes}");
+    let dir = write(&[("n.toml", &text)]);
+    let e = errors("n", dir.path(), &[]);
+    assert_eq!(
+        sorted_problems(&e),
+        vec![
+            ("cluster.server-url".to_owned(), 9), // cp1 has no ip to join by
+            ("k3s.datastore".to_owned(), 8),
+            ("netboot.state-disk".to_owned(), 33),
+            ("nodes[0].ip".to_owned(), 11), // a server with neither ip nor reservation
+            ("nodes[1].dhcp-reservation".to_owned(), 21),
+            ("nodes[1].state-disk".to_owned(), 22),
+        ],
+        "{e}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("\"sqlite\" keeps the cluster on one server"),
+        "{text}"
+    );
+    assert!(
+        text.contains("server cp1 needs an address that does not change"),
+        "{text}"
+    );
+    assert!(text.contains("no /dev/"), "{text}");
+
+    // With a reservation and a join address, the rest is fine (agents need none).
+    let fixed = format!(
+        "{MINIMAL}{}",
+        nodes
+            .replace(
+                "role = \"server\"\n[[nodes]]\nhostname = \"cp2\"",
+                "role = \"server\"\ndhcp-reservation = true\n[[nodes]]\nhostname = \"cp2\""
+            )
+            .replace(
+                "dhcp-reservation = true\nstate-disk = \"/dev/sda\"",
+                "state-disk = \"nvme0n1\""
+            )
+            .replace("disk/by-path/pci-0000:00:05.0", "sda")
+            .replace(
+                "token = ",
+                "server-url = \"https://cp1.lan:6443\"\ntoken = "
+            )
+    );
+    let dir = write(&[("ok.toml", &fixed)]);
+    let p = profile::load("ok", dir.path(), &[]).unwrap_or_else(|e| panic!("{e}\n{fixed}"));
+    assert!(p.embedded_etcd());
+    assert_eq!(p.state_disk(&p.nodes[1]), Some("nvme0n1"));
+    assert_eq!(p.state_disk(&p.nodes[3]), Some("sda"));
 }

@@ -400,11 +400,11 @@ fn pi5_argocd_example_builds_and_its_server_and_agent_boot_to_the_k3s_stand_in()
     cp.assert_config(
         &[
             "node-name: pi-cp1",
-            "cluster-init: true",
             "flannel-backend: none",
             "disable-network-policy: true",
         ],
-        &["server"],
+        // One server: k3s's default SQLite, no embedded etcd.
+        &["server", "cluster-init"],
     );
     cp.assert_token_file_configured_but_not_embedded();
     cp.assert_manifest_has("cilium.yaml", &["kind: HelmChart", "chart: cilium"]);
@@ -465,11 +465,11 @@ fn proxmox_flux_example_builds_and_its_server_and_agent_boot_to_the_k3s_stand_in
         &[
             "node-name: pve-cp1",
             "node-ip: \"192.168.10.11\"",
-            "cluster-init: true",
             "flannel-backend: none",
             "- traefik",
         ],
-        &["server"],
+        // One server: k3s's default SQLite, no embedded etcd.
+        &["server", "cluster-init"],
     );
     cp.assert_token_file_configured_but_not_embedded();
     cp.assert_manifest_has("cilium.yaml", &["kind: HelmChart", "chart: cilium"]);

@@ -16,6 +16,8 @@ extends = "proxmox.toml"
 hostname = "pve-cp-1"
 mac = "52:54:00:12:34:56"
 role = "server"
+# QEMU's user network hands the VM the same address every time.
+dhcp-reservation = true
 labels = { "topology.kubernetes.io/zone" = "rack-1" }
 
 # An image archive for k3s's air-gap import (a test fixture holding no image).
@@ -110,7 +112,6 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
         .collect();
     for want in [
         "node-name: pve-cp-1",
-        "cluster-init: true",
         "flannel-backend: none",
         "disable-network-policy: true",
         "- topology.kubernetes.io/zone=rack-1",
@@ -126,6 +127,11 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
     assert!(
         !config.iter().any(|l| l.starts_with("server:")),
         "the first server must not join another: {config:#?}"
+    );
+    // One server: k3s's default SQLite, no embedded etcd (k3s.datastore = "auto").
+    assert!(
+        !config.iter().any(|l| l.starts_with("cluster-init:")),
+        "a single server must not start embedded etcd: {config:#?}"
     );
     // The server manifests k3s applies at start: Cilium as the CNI.
     assert_eq!(

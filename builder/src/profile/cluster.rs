@@ -26,6 +26,20 @@ pub struct K3s {
     /// Packaged components to turn off.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disable: Vec<K3sComponent>,
+    /// The servers' datastore. `"auto"`: embedded etcd when the profile lists two or
+    /// more servers (`cluster-init` on the first, the others join it), else k3s's
+    /// default SQLite (kine), which k3s's maintainers advise for a single server on
+    /// SD cards and eMMC. Machines that `cluster.unknown-nodes = "server"` makes
+    /// servers are single-server clusters of their own, so they get SQLite too.
+    /// `"sqlite"` with two or more servers is an error (SQLite does not replicate);
+    /// `"etcd"` asks for embedded etcd even on one server, for a cluster you mean to
+    /// grow (k3s cannot move a SQLite cluster to etcd later). With etcd the first
+    /// server starts the cluster only if, when it has no etcd data yet, none of the
+    /// other servers answers (its `node.env` lists them as `JOIN_PEERS`); if one does,
+    /// its STATE was lost (reflash, new disk) and it joins that server instead of
+    /// starting a second cluster.
+    #[serde(default, skip_serializing_if = "Datastore::is_auto")]
+    pub datastore: Datastore,
     /// Pod network CIDR.
     #[serde(default = "super::defaults::cluster_cidr")]
     pub cluster_cidr: String,
@@ -56,6 +70,26 @@ pub struct K3s {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(with = "BTreeMap<String, serde_json::Value>")]
     pub extra_config: FreeTable,
+}
+
+/// `k3s.datastore`: where the servers keep the cluster state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Datastore {
+    /// Embedded etcd with two or more listed servers, else SQLite.
+    #[default]
+    Auto,
+    /// K3s's default SQLite (through kine): one server only.
+    Sqlite,
+    /// Embedded etcd (`cluster-init: true` on the first server).
+    Etcd,
+}
+
+impl Datastore {
+    /// The default: left out of a resolved profile.
+    pub fn is_auto(&self) -> bool {
+        *self == Datastore::Auto
+    }
 }
 
 /// `[k3s.sha256]`: release binary digests per architecture.
@@ -108,7 +142,11 @@ pub struct Cluster {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_url: Option<String>,
     /// Join token source: `{ file = "..." }`, `{ env = "VAR" }` or `{ sops-file = "..." }`.
-    /// Required when the cluster has agents or more than one server.
+    /// Required when the cluster has agents or more than one server. Servers get it
+    /// (k3s `token-file`) and an agent token derived from it (`agent-token-file`: the
+    /// hex HMAC-SHA256 of the text `labimg k3s agent-token v1` keyed with the token, so
+    /// builds stay reproducible); agents get only the agent token, which lets them join
+    /// as agents but not as servers. Both are secret files of `nodes/<host>/k3s/`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<SecretSource>,
     /// Virtual IP of the API server, for a VIP that something you deploy announces
@@ -137,8 +175,10 @@ pub struct Cluster {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnknownNodes {
-    /// Start a single-node K3s server of its own (k3s makes its own token). Only in a
-    /// profile without `[[nodes]]`: every such machine is a separate cluster.
+    /// Start a single-node K3s server of its own (k3s makes its own token; SQLite
+    /// unless `k3s.datastore = "etcd"`). Only in a profile without `[[nodes]]`: every
+    /// such machine is a separate cluster that nothing joins, so its DHCP address needs
+    /// no reservation.
     Server,
     /// Join the profile's server as an agent (needs `cluster.token` and a server
     /// URL: `cluster.server-url` or a server node with a static `ip`).
@@ -262,7 +302,7 @@ pub struct Gitops {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
-    /// Control plane (with embedded etcd when there is more than one).
+    /// Control plane; needs a static `ip` or `dhcp-reservation = true`.
     Server,
     /// Worker.
     Agent,
@@ -283,8 +323,15 @@ pub struct Node {
     /// K3s role.
     pub role: Role,
     /// Static address with prefix length (`192.168.1.10/24`); DHCP when absent.
+    /// A server needs one, or `dhcp-reservation = true`: agents and the other servers
+    /// (etcd peers) find it by its address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// The node takes its address by DHCP, and the DHCP server always hands this MAC
+    /// (or Pi) the same address (a reservation, or a name in its DNS that the join
+    /// address uses). Lets a server go without a static `ip`; labimg cannot check it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp_reservation: bool,
     /// Default gateway for a static address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
@@ -300,4 +347,7 @@ pub struct Node {
     /// Extra kernel arguments for this node only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_args: Vec<String>,
+    /// This node's netboot state disk, instead of `netboot.state-disk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_disk: Option<String>,
 }

@@ -9,7 +9,7 @@ use super::defaults;
 use super::net::{Cidr, Mac, is_hostname, is_ssh_git_url};
 use super::problem::Problem;
 use super::source::{SValue, Sources};
-use super::{CniKind, GitopsEngine, Profile, Role, UnknownNodes};
+use super::{CniKind, Datastore, GitopsEngine, Profile, Role, UnknownNodes};
 
 /// Collects problems against key paths, then locates them in the source tree.
 struct Report<'a> {
@@ -259,6 +259,16 @@ fn check_k3s(p: &Profile, r: &mut Report<'_>) {
     }
     if !(k.url.starts_with("https://") || k.url.starts_with("http://")) {
         r.add("k3s.url", format!("'{}' is not an http(s) URL", k.url));
+    }
+    let servers = p.servers().count();
+    if k.datastore == Datastore::Sqlite && servers > 1 {
+        r.add(
+            "k3s.datastore",
+            format!(
+                "\"sqlite\" keeps the cluster on one server, but the profile lists {servers} \
+                 servers: use \"etcd\" or \"auto\" (embedded etcd), or list one server"
+            ),
+        );
     }
     for (path, cidr) in [
         ("k3s.cluster-cidr", &k.cluster_cidr),
@@ -582,6 +592,29 @@ fn check_nodes(p: &Profile, r: &mut Report<'_>) {
                 r.add(&format!("nodes[{i}].taints[{j}]"), e);
             }
         }
+        if n.ip.is_some() && n.dhcp_reservation {
+            r.add(
+                &at("dhcp-reservation"),
+                "a node with a static ip takes no address by DHCP: drop dhcp-reservation \
+                 or ip",
+            );
+        } else if n.ip.is_none() && !n.dhcp_reservation && n.role == Role::Server {
+            r.add(
+                &at("ip"),
+                format!(
+                    "server {} needs an address that does not change (agents and the other \
+                     servers reach it by it): give it a static ip, or set \
+                     dhcp-reservation = true if your DHCP server always hands its MAC the \
+                     same address",
+                    n.hostname
+                ),
+            );
+        }
+        if let Some(disk) = &n.state_disk
+            && let Err(e) = check_disk_name(disk)
+        {
+            r.add(&at("state-disk"), e);
+        }
     }
     if p.nodes.is_empty() {
         return;
@@ -687,7 +720,31 @@ fn check_topology(p: &Profile, r: &mut Report<'_>) {
     }
 }
 
+/// A whole disk by the kernel's name for it (`/sys/block/<name>`): the node has no
+/// udev, so no `/dev/disk/by-*` links.
+fn check_disk_name(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && is_word(name, |c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a disk's kernel name: give it as /sys/block lists it, like \
+             \"sda\", \"vda\" or \"nvme0n1\" (no /dev/: the node has no udev for \
+             /dev/disk/by-* names)"
+        ))
+    }
+}
+
 fn check_disk(p: &Profile, r: &mut Report<'_>) {
+    if let Some(disk) = &p.netboot.state_disk
+        && let Err(e) = check_disk_name(disk)
+    {
+        r.add("netboot.state-disk", e);
+    }
     let d = &p.disk;
     let needed = d
         .boot_size
@@ -749,6 +806,13 @@ mod tests {
             is_k3s_version("v1.36.4+k3s1")
                 && !is_k3s_version("1.36.4")
                 && !is_k3s_version("v1.36+k3s1")
+        );
+        assert!(
+            check_disk_name("nvme0n1").is_ok()
+                && check_disk_name("sda").is_ok()
+                && check_disk_name("/dev/sda").is_err()
+                && check_disk_name("disk/by-path/pci-0").is_err()
+                && check_disk_name("").is_err()
         );
         assert!(
             check_taint("dedicated=gpu:NoSchedule").is_ok()

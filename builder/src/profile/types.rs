@@ -9,8 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use super::cluster::{
-    Cluster, Cni, CniKind, Gitops, GitopsEngine, HelmChart, IMAGE_ARCHIVE_SUFFIXES, ImageArchive,
-    K3s, K3sComponent, K3sSha256, Node, Role, SecretSource, UnknownNodes,
+    Cluster, Cni, CniKind, Datastore, Gitops, GitopsEngine, HelmChart, IMAGE_ARCHIVE_SUFFIXES,
+    ImageArchive, K3s, K3sComponent, K3sSha256, Node, Role, SecretSource, UnknownNodes,
 };
 pub use super::size::Size;
 
@@ -55,6 +55,9 @@ pub struct Profile {
     /// Disk image geometry.
     #[serde(default)]
     pub disk: Disk,
+    /// What a node booted over the network keeps, and where.
+    #[serde(default, skip_serializing_if = "Netboot::is_unset")]
+    pub netboot: Netboot,
     /// What the build writes.
     #[serde(default)]
     pub outputs: Outputs,
@@ -216,6 +219,29 @@ pub struct Disk {
     pub root_slot_size: Size,
     /// Size of the boot partition (ESP on proxmox, FAT boot partition on rpi5).
     pub boot_size: Size,
+}
+
+/// `[netboot]`: nodes that boot over the network (`labimg serve`, `outputs.netboot`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Netboot {
+    /// The local disk a netbooted node keeps its STATE (`/var`: k3s's data, images,
+    /// identity) on, created on first boot and reused like a disk-booted node's: a
+    /// whole disk by its kernel name as `/sys/block` lists it (`"sda"`, `"vda"`,
+    /// `"nvme0n1"`, `"mmcblk0"`; no `/dev/` and no `/dev/disk/by-*` path: the node has
+    /// no udev). A node's own `state-disk` overrides it. Without one a netbooted node's
+    /// `/var` is a tmpfs and it forgets everything at reboot, so a netbooted **server**
+    /// without a state disk is refused at boot; an agent without one re-registers and
+    /// pulls its images again after every boot. Written to the node's `node.env` as `STATE_DISK`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_disk: Option<String>,
+}
+
+impl Netboot {
+    /// Nothing set: the table is left out of a resolved profile.
+    pub fn is_unset(&self) -> bool {
+        self == &Netboot::default()
+    }
 }
 
 /// A disk image format.
