@@ -290,12 +290,15 @@ derived_hostname() {
 
 # node_env_load FILE: source a node.env (the builder's KEY='value' lines, nodecfg.rs)
 # into LB_HOSTNAME, LB_HOSTNAME_PREFIX, LB_ROLE, LB_IP, LB_GATEWAY, LB_DNS,
-# LB_K3S_SHA256 and LB_K3S_URL_SOURCE; a key the file lacks is empty. The keys are the
-# builder's and are read nowhere else; none of them is left set afterwards (the
+# LB_K3S_SHA256, LB_K3S_URL_SOURCE, LB_JOIN_PEERS (the first server of an etcd
+# cluster: the other servers' https://host:6443, space-separated) and LB_STATE_DISK
+# (the netboot state disk's kernel name); a key the file lacks is empty. The keys are
+# the builder's and are read nowhere else; none of them is left set afterwards (the
 # builder also writes K3S_VERSION=, for people).
 # shellcheck disable=SC2034 # the LB_ names are read by stage 2
 node_env_load() {
 	HOSTNAME='' HOSTNAME_PREFIX='' ROLE='' IP='' GATEWAY='' DNS='' K3S_SHA256='' K3S_URL_SOURCE=''
+	JOIN_PEERS='' STATE_DISK=''
 	# shellcheck disable=SC1090 # a node directory, from the image or labimg.config
 	. "$1"
 	LB_HOSTNAME=$HOSTNAME
@@ -306,7 +309,10 @@ node_env_load() {
 	LB_DNS=$DNS
 	LB_K3S_SHA256=$K3S_SHA256
 	LB_K3S_URL_SOURCE=$K3S_URL_SOURCE
-	unset HOSTNAME HOSTNAME_PREFIX ROLE IP GATEWAY DNS K3S_SHA256 K3S_URL_SOURCE K3S_VERSION
+	LB_JOIN_PEERS=$JOIN_PEERS
+	LB_STATE_DISK=$STATE_DISK
+	unset HOSTNAME HOSTNAME_PREFIX ROLE IP GATEWAY DNS K3S_SHA256 K3S_URL_SOURCE K3S_VERSION \
+		JOIN_PEERS STATE_DISK
 }
 
 # kv_get FILE KEY: the value of KEY in FILE, a file of `KEY='value'` lines as the
@@ -361,4 +367,54 @@ sums_get() {
 	labimg_sum=$(awk -v f="$2" '$2 == f || $2 == "*" f { print $1; exit }' "$1") || return 1
 	[ -n "$labimg_sum" ] || return 1
 	lower "$labimg_sum"
+}
+
+# k3s_peer_answers URL: whether a k3s server answers at URL (https://host:6443): it
+# serves its CA bundle at /cacerts without authentication. The certificate is not
+# checked (the node has no CA to check it with before it joins; k3s checks the CA
+# against the token when it joins). 5 seconds at most (busybox timeout rather than
+# wget -T, which the 1.35 busybox the host tests use crashes on).
+k3s_peer_answers() {
+	timeout 5 wget -q --no-check-certificate -O /dev/null "$1/cacerts" 2>/dev/null
+}
+
+# k3s_join_decide CONFIG ETCD_DIR PROBE PEER...: whether the first server of an
+# embedded-etcd cluster initialises it or joins it. CONFIG is the node's k3s
+# config.yaml. Prints one word:
+#   none      CONFIG has no `cluster-init: true` line: nothing to decide;
+#   existing  ETCD_DIR exists: this node already has etcd data (it is a member);
+#   join URL  no etcd data yet, and `PROBE PEER` succeeded for PEER (tried in order):
+#             the cluster exists, so CONFIG is rewritten in place without its
+#             cluster-init line and with `server: "PEER"` (a lost STATE rejoins
+#             instead of starting a second cluster);
+#   init      no etcd data and no peer answered: this node starts the cluster.
+# CONFIG changes only with `join`; status 1 if it cannot be rewritten.
+k3s_join_decide() {
+	labimg_jd_cfg=$1 labimg_jd_etcd=$2 labimg_jd_probe=$3
+	shift 3
+	if ! grep -qx 'cluster-init: true' "$labimg_jd_cfg"; then
+		echo none
+		return 0
+	fi
+	if [ -d "$labimg_jd_etcd" ]; then
+		echo existing
+		return 0
+	fi
+	for labimg_jd_peer in "$@"; do
+		"$labimg_jd_probe" "$labimg_jd_peer" || continue
+		labimg_jd_tmp=$labimg_jd_cfg.join.$$
+		if ! (
+			umask 077
+			{
+				grep -vx -e 'cluster-init: true' -e 'server: .*' "$labimg_jd_cfg"
+				printf 'server: "%s"\n' "$labimg_jd_peer"
+			} >"$labimg_jd_tmp"
+		) || ! mv -f "$labimg_jd_tmp" "$labimg_jd_cfg"; then
+			rm -f "$labimg_jd_tmp"
+			return 1
+		fi
+		echo "join $labimg_jd_peer"
+		return 0
+	done
+	echo init
 }

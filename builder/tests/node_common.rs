@@ -331,7 +331,7 @@ fn parse_node_env(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-const NODE_ENV_KEYS: [&str; 8] = [
+const NODE_ENV_KEYS: [&str; 10] = [
     "HOSTNAME",
     "HOSTNAME_PREFIX",
     "ROLE",
@@ -340,13 +340,15 @@ const NODE_ENV_KEYS: [&str; 8] = [
     "DNS",
     "K3S_SHA256",
     "K3S_URL_SOURCE",
+    "JOIN_PEERS",
+    "STATE_DISK",
 ];
 
 /// node_env_load FILE, then each LB_ value on a line, then which node.env names
 /// are still set.
 fn load(n: &Node, file: &str, before: &str) -> Vec<String> {
     let script = format!(
-        "{before}\nnode_env_load {}\n{}\nfor v in HOSTNAME ROLE IP DNS K3S_VERSION; do eval \"[ -z \\\"\\${{$v+set}}\\\" ] || echo still-set $v\"; done",
+        "{before}\nnode_env_load {}\n{}\nfor v in HOSTNAME ROLE IP DNS K3S_VERSION JOIN_PEERS STATE_DISK; do eval \"[ -z \\\"\\${{$v+set}}\\\" ] || echo still-set $v\"; done",
         q(file),
         NODE_ENV_KEYS
             .iter()
@@ -361,7 +363,8 @@ fn load(n: &Node, file: &str, before: &str) -> Vec<String> {
 fn node_env_load_reads_what_the_builder_writes() {
     let n = Node::new();
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/preseed");
-    // A listed node with a static address, and an unlisted machine's default.
+    // A listed node with a static address (the first of three servers: it has
+    // JOIN_PEERS), and an unlisted machine's default.
     for rel in [
         "ha-cilium-argocd/cp1/node.env",
         "proxmox-longhorn/default/node.env",
@@ -395,7 +398,8 @@ fn node_env_load_leaves_nothing_stale() {
     let got = load(
         &n,
         &f,
-        "IP=10.0.0.9/24 LB_IP=10.0.0.9/24 GATEWAY=10.0.0.1 LB_K3S_SHA256=stale",
+        "IP=10.0.0.9/24 LB_IP=10.0.0.9/24 GATEWAY=10.0.0.1 LB_K3S_SHA256=stale \
+         LB_JOIN_PEERS=https://old:6443 STATE_DISK=sdz",
     );
     assert_eq!(
         got,
@@ -408,6 +412,8 @@ fn node_env_load_leaves_nothing_stale() {
             "LB_DNS=1.1.1.1 9.9.9.9",
             "LB_K3S_SHA256=",
             "LB_K3S_URL_SOURCE=",
+            "LB_JOIN_PEERS=",
+            "LB_STATE_DISK=",
         ],
         "keys the file lacks are empty, whatever was set before"
     );
@@ -552,4 +558,136 @@ fn sums_get_finds_the_line_of_exactly_that_file() {
         "dd"
     );
     assert!(!n.run(None, &format!("sums_get {} manifest.json", q(&f))).ok);
+}
+
+/// A server's rendered `config.yaml` as the first server of an etcd cluster gets it.
+const FIRST_SERVER_CONFIG: &str = "# k3s server config for cp1 (rendered by labimg)\n\
+node-name: cp1\nnode-ip: 192.168.20.11\ncluster-init: true\nflannel-backend: none\n\
+token-file: /etc/rancher/k3s/token\n";
+
+/// Runs k3s_join_decide on a fresh copy of `config` with `probe` (a shell function
+/// named `probe`, defined first) and `peers`: what it printed, its status, the
+/// files beside the config and the peers the probe was asked, then the config after.
+fn join_decide(config: &str, etcd: bool, probe: &str, peers: &str) -> (String, String) {
+    let n = Node::new();
+    let cfg = n.write("etc/config.yaml", config.as_bytes());
+    let etcd_dir = n.path("var/db/etcd").display().to_string();
+    if etcd {
+        std::fs::create_dir_all(&etcd_dir).unwrap();
+    }
+    let out = n.out(
+        None,
+        &format!(
+            "{probe}\nk3s_join_decide {} {} probe {peers} >out; s=$?; cat out; \
+             echo \"status=$s\"; ls etc; echo log:; cat probed 2>/dev/null; true",
+            q(&cfg),
+            q(&etcd_dir)
+        ),
+    );
+    (out, std::fs::read_to_string(&cfg).unwrap())
+}
+
+#[test]
+fn k3s_join_decide_joins_the_first_peer_that_answers() {
+    // The stub probe records what it was asked and answers for .13 only.
+    let probe = "probe() { echo \"$1\" >>probed; [ \"$1\" = https://192.168.20.13:6443 ]; }";
+    let peers = "https://192.168.20.12:6443 https://192.168.20.13:6443 https://cp4:6443";
+    let (out, after) = join_decide(FIRST_SERVER_CONFIG, false, probe, peers);
+    assert_eq!(
+        out,
+        "join https://192.168.20.13:6443\nstatus=0\nconfig.yaml\nlog:\n\
+         https://192.168.20.12:6443\nhttps://192.168.20.13:6443\n",
+        "asks in order, stops at the first answer, leaves no temporary file"
+    );
+    assert_eq!(
+        after,
+        FIRST_SERVER_CONFIG.replace("cluster-init: true\n", "")
+            + "server: \"https://192.168.20.13:6443\"\n"
+    );
+}
+
+#[test]
+fn k3s_join_decide_initialises_when_no_peer_answers() {
+    let probe = "probe() { echo \"$1\" >>probed; return 1; }";
+    let (out, after) = join_decide(
+        FIRST_SERVER_CONFIG,
+        false,
+        probe,
+        "https://192.168.20.12:6443 https://192.168.20.13:6443",
+    );
+    assert_eq!(
+        out,
+        "init\nstatus=0\nconfig.yaml\nlog:\nhttps://192.168.20.12:6443\nhttps://192.168.20.13:6443\n"
+    );
+    assert_eq!(after, FIRST_SERVER_CONFIG, "unchanged");
+    // No peers at all: the same, nobody asked.
+    let (out, after) = join_decide(FIRST_SERVER_CONFIG, false, probe, "");
+    assert_eq!(out, "init\nstatus=0\nconfig.yaml\nlog:\n");
+    assert_eq!(after, FIRST_SERVER_CONFIG);
+}
+
+#[test]
+fn k3s_join_decide_keeps_a_node_that_has_etcd_data_or_no_cluster_init() {
+    // Every peer would answer: it must not matter.
+    let probe = "probe() { echo \"$1\" >>probed; return 0; }";
+    let peer = "https://192.168.20.12:6443";
+    let (out, after) = join_decide(FIRST_SERVER_CONFIG, true, probe, peer);
+    assert_eq!(
+        out, "existing\nstatus=0\nconfig.yaml\nlog:\n",
+        "nobody asked"
+    );
+    assert_eq!(after, FIRST_SERVER_CONFIG);
+    // A config that does not initialise (a joiner, or `cluster-init: false`).
+    for config in [
+        "node-name: cp2\nserver: https://192.168.20.11:6443\n",
+        "node-name: cp1\ncluster-init: false\n",
+    ] {
+        let (out, after) = join_decide(config, false, probe, peer);
+        assert_eq!(out, "none\nstatus=0\nconfig.yaml\nlog:\n", "{config}");
+        assert_eq!(after, config);
+    }
+}
+
+/// A one-request HTTP server on 127.0.0.1 that answers `status`; its thread returns
+/// the request line it saw.
+fn http_once(status: &'static str) -> (String, std::thread::JoinHandle<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(stream.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let body = "-----BEGIN CERTIFICATE-----\n";
+        let _ = write!(
+            stream,
+            "HTTP/1.0 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        line.trim().to_owned()
+    });
+    (url, handle)
+}
+
+/// The real probe asks for `/cacerts` (over plain HTTP here: the node's https
+/// differs only in TLS, which busybox-static 1.37 does with --no-check-certificate).
+#[test]
+fn k3s_peer_answers_fetches_cacerts() {
+    let n = Node::new();
+    let (url, server) = http_once("200 OK");
+    let r = n.run(None, &format!("k3s_peer_answers {}", q(&url)));
+    assert!(r.ok, "a peer serving /cacerts answers: {}", r.stdout);
+    assert_eq!(server.join().unwrap(), "GET /cacerts HTTP/1.1");
+
+    let (url, server) = http_once("404 Not Found");
+    assert!(!n.run(None, &format!("k3s_peer_answers {}", q(&url))).ok);
+    server.join().unwrap();
+
+    // Nobody listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    assert!(!n.run(None, &format!("k3s_peer_answers {}", q(&url))).ok);
 }
