@@ -35,6 +35,10 @@ labimg_say() {
 	if [ "$LB_TTY0" = yes ] && [ -c /dev/tty0 ]; then
 		printf '%s\n' "$*" >/dev/tty0 2>/dev/null
 	fi
+	# Into the persisted log too, once stage 2 runs syslogd (its socket is there).
+	if [ -S /dev/log ]; then
+		logger -t labimg -- "$*" 2>/dev/null
+	fi
 }
 
 # milestone NAME [key=value ...]: one greppable line, `labimg: NAME key=value ...`.
@@ -250,7 +254,7 @@ if_addr() {
 net_dhcp() {
 	ip link set lo up 2>/dev/null
 	ip link set "$1" up || return 1
-	udhcpc -i "$1" -s "$2" -n -q -t 10 -T 2 >/dev/null 2>&1 || return 1
+	udhcpc -i "$1" -s "$2" -O ntpsrv -n -q -t 10 -T 2 >/dev/null 2>&1 || return 1
 	[ -n "$(if_addr "$1")" ]
 }
 
@@ -291,14 +295,14 @@ derived_hostname() {
 # node_env_load FILE: source a node.env (the builder's KEY='value' lines, nodecfg.rs)
 # into LB_HOSTNAME, LB_HOSTNAME_PREFIX, LB_ROLE, LB_IP, LB_GATEWAY, LB_DNS,
 # LB_K3S_SHA256, LB_K3S_URL_SOURCE, LB_JOIN_PEERS (the first server of an etcd
-# cluster: the other servers' https://host:6443, space-separated) and LB_STATE_DISK
-# (the netboot state disk's kernel name); a key the file lacks is empty. The keys are
-# the builder's and are read nowhere else; none of them is left set afterwards (the
-# builder also writes K3S_VERSION=, for people).
+# cluster: the other servers' https://host:6443, space-separated), LB_STATE_DISK
+# (the netboot state disk's kernel name) and LB_NTP_SERVERS (time.servers); a key
+# the file lacks is empty. The keys are the builder's and are read nowhere else; none
+# of them is left set afterwards (the builder also writes K3S_VERSION=, for people).
 # shellcheck disable=SC2034 # the LB_ names are read by stage 2
 node_env_load() {
 	HOSTNAME='' HOSTNAME_PREFIX='' ROLE='' IP='' GATEWAY='' DNS='' K3S_SHA256='' K3S_URL_SOURCE=''
-	JOIN_PEERS='' STATE_DISK=''
+	JOIN_PEERS='' STATE_DISK='' NTP_SERVERS=''
 	# shellcheck disable=SC1090 # a node directory, from the image or labimg.config
 	. "$1"
 	LB_HOSTNAME=$HOSTNAME
@@ -311,8 +315,9 @@ node_env_load() {
 	LB_K3S_URL_SOURCE=$K3S_URL_SOURCE
 	LB_JOIN_PEERS=$JOIN_PEERS
 	LB_STATE_DISK=$STATE_DISK
+	LB_NTP_SERVERS=$NTP_SERVERS
 	unset HOSTNAME HOSTNAME_PREFIX ROLE IP GATEWAY DNS K3S_SHA256 K3S_URL_SOURCE K3S_VERSION \
-		JOIN_PEERS STATE_DISK
+		JOIN_PEERS STATE_DISK NTP_SERVERS
 }
 
 # kv_get FILE KEY: the value of KEY in FILE, a file of `KEY='value'` lines as the

@@ -292,9 +292,43 @@ impl Vm {
         self
     }
 
+    /// Tells the k3s stand-in what to do once it has started, through QEMU's fw_cfg
+    /// (`opt/labimg/stand-in`): `run` keeps it running like k3s (Ready, one pod),
+    /// `reboot` and `poweroff` then run busybox's command on the node. See
+    /// `qemu-tests/stand-in/README.md`.
+    pub fn stand_in_mode(mut self, mode: &str) -> Vm {
+        self.args.extend([
+            "-fw_cfg".into(),
+            format!("name=opt/labimg/stand-in,string={mode}"),
+        ]);
+        self
+    }
+
     /// Boots and reads the serial console until QEMU exits, `stop_at` appears,
     /// or `timeout` passes.
     pub fn boot(self, stop_at: Option<&str>, timeout: Duration) -> Result<SerialLog> {
+        self.boot_with(stop_at, timeout, &[])
+    }
+
+    /// [`Vm::boot`], sending QEMU monitor commands on cue: for each `(needle, n,
+    /// command)` of `on_console`, `command` (e.g. `system_powerdown`, the power
+    /// button) goes to the monitor once the console has shown `needle` `n` times.
+    pub fn boot_with(
+        mut self,
+        stop_at: Option<&str>,
+        timeout: Duration,
+        on_console: &[(&str, usize, &str)],
+    ) -> Result<SerialLog> {
+        let monitor = self.work.path().join("monitor.sock");
+        if !on_console.is_empty() {
+            let at = self
+                .args
+                .windows(2)
+                .position(|w| w[0] == "-monitor" && w[1] == "none")
+                .context("the VM has no -monitor none to replace")?;
+            self.args[at + 1] = format!("unix:{},server=on,wait=off", monitor.display());
+        }
+        let mut fired = vec![false; on_console.len()];
         let log_path = self.work.path().join("serial.log");
         let mut cmd = if self.own_netns {
             let mut c = Command::new("unshare");
@@ -322,6 +356,13 @@ impl Vm {
             if stop_at.is_some_and(|s| text.contains(s)) || start.elapsed() > timeout {
                 break;
             }
+            for (i, (needle, n, command)) in on_console.iter().enumerate() {
+                if !fired[i] && text.matches(needle).count() >= *n {
+                    fired[i] = true;
+                    monitor_command(&monitor, command)
+                        .with_context(|| format!("sending '{command}' to the QEMU monitor"))?;
+                }
+            }
             std::thread::sleep(Duration::from_millis(250));
         }
         if exited.is_none() {
@@ -341,6 +382,16 @@ impl Vm {
             elapsed: start.elapsed(),
         })
     }
+}
+
+/// Sends one command to QEMU's human monitor on the unix socket `path`.
+fn monitor_command(path: &Path, command: &str) -> Result<()> {
+    use std::io::Write;
+    let mut sock = std::os::unix::net::UnixStream::connect(path)?;
+    sock.write_all(format!("{command}\n").as_bytes())?;
+    // Let QEMU read the line before the connection closes.
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(())
 }
 
 /// The host-contract requirements the k3s stand-in checks on the node
@@ -636,6 +687,23 @@ impl Vm {
             "virtio-blk-pci,drive=hd0".into(),
         ]);
         self
+    }
+
+    /// Attaches a new, blank VirtIO block disk of `size` (`qemu-img` syntax, e.g.
+    /// `2G`): a netbooted node's local disk for its STATE (`/dev/vda`).
+    pub fn blank_virtio_disk(mut self, size: &str) -> Result<Vm> {
+        let disk = self.work.path().join("blank.qcow2");
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&disk)
+            .arg(size))?;
+        self.args.extend([
+            "-drive".into(),
+            format!("file={},if=none,id=blank0,format=qcow2", disk.display()),
+            "-device".into(),
+            "virtio-blk-pci,drive=blank0".into(),
+        ]);
+        Ok(self)
     }
 
     /// Runs QEMU inside network namespace `ns` (`ip netns exec` execs QEMU, so

@@ -111,6 +111,8 @@ impl Netns {
             .arg(format!("--dhcp-range={first},{last},255.255.255.0,1h"))
             // A home router names itself as DNS server (dnsmasq's DNS is off here).
             .arg("--dhcp-option=option:dns-server,0.0.0.0")
+            // And itself as NTP server (option 42), as many home routers do.
+            .arg("--dhcp-option=option:ntp-server,0.0.0.0")
             .arg(format!(
                 "--dhcp-leasefile={}",
                 dir.path().join("leases").display()
@@ -125,6 +127,125 @@ impl Netns {
             log,
             _dir: dir,
         })
+    }
+}
+
+/// busybox's udhcpd as a LAN's DHCP server with short leases (dnsmasq will not lease
+/// for less than two minutes): what renewals are tested against. Stopped on drop.
+#[derive(Debug)]
+pub struct ShortLeaseDhcp {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Netns {
+    /// Starts `busybox udhcpd` on the bridge, leasing `first`..`last` (a /24, router
+    /// and DNS at `router`) for `lease_secs` seconds.
+    pub fn udhcpd(
+        &self,
+        first: &str,
+        last: &str,
+        router: &str,
+        lease_secs: u32,
+    ) -> Result<ShortLeaseDhcp> {
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("udhcpd.conf");
+        let leases = dir.path().join("leases");
+        std::fs::write(
+            &conf,
+            format!(
+                "start {first}\nend {last}\ninterface {}\nlease_file {}\npidfile {}\n\
+                 auto_time 5\nmin_lease {lease_secs}\noption subnet 255.255.255.0\n\
+                 option router {router}\noption dns {router}\noption ntpsrv {router}\n\
+                 option lease {lease_secs}\n",
+                self.bridge,
+                leases.display(),
+                dir.path().join("pid").display(),
+            ),
+        )?;
+        std::fs::write(&leases, b"")?;
+        let child = self
+            .command("busybox")
+            .args(["udhcpd", "-f"])
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("udhcpd.log"))?)
+            .spawn()
+            .context("starting busybox udhcpd")?;
+        Ok(ShortLeaseDhcp { child, dir })
+    }
+}
+
+impl ShortLeaseDhcp {
+    /// The current leases as `busybox dumpleases` prints them (MAC, IP, expiry).
+    pub fn leases(&self) -> String {
+        let out = Command::new("busybox")
+            .args(["dumpleases", "-f"])
+            .arg(self.dir.path().join("leases"))
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ShortLeaseDhcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's chrony as the LAN's NTP server (`chronyd -x`: it serves its own clock,
+/// the host's, and never changes it), on `addr` port 123. Stopped on drop.
+#[derive(Debug)]
+pub struct NtpServer {
+    child: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Netns {
+    /// Starts chronyd serving time on `addr` (an address of the bridge).
+    pub fn chrony_server(&self, addr: &str) -> Result<NtpServer> {
+        let dir = tempfile::tempdir()?;
+        let conf = dir.path().join("chrony.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "local stratum 8\nallow all\nbindaddress {addr}\nport 123\ncmdport 0\n\
+                 pidfile {}\n",
+                dir.path().join("chronyd.pid").display()
+            ),
+        )?;
+        let child = self
+            .command("chronyd")
+            .args(["-x", "-d", "-f"])
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("chronyd.log"))?)
+            .spawn()
+            .context("starting chronyd (Debian package chrony)")?;
+        Ok(NtpServer {
+            child: Some(child),
+            _dir: dir,
+        })
+    }
+}
+
+impl NtpServer {
+    /// Stops the server (a node booted afterwards finds no NTP).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for NtpServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

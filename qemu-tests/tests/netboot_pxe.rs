@@ -34,6 +34,12 @@ extends = "proxmox.toml"
 hostname = "pxe-cp-1"
 mac = "52:54:00:77:00:01"
 role = "server"
+# The lab's DHCP (labimg serve) hands each MAC the same address.
+dhcp-reservation = true
+
+# Netbooted, it keeps STATE on its local disk (the blank disk each VM gets).
+[netboot]
+state-disk = "vda"
 
 [outputs]
 formats = ["qcow2"]
@@ -47,6 +53,7 @@ extends = "pi5.toml"
 hostname = "pxe-arm64-1"
 mac = "52:54:00:77:00:03"
 role = "server"
+dhcp-reservation = true
 
 [outputs]
 formats = ["qcow2"]
@@ -201,16 +208,20 @@ fn pxe_boot(
         "labimg: stage2 start",
         "labimg: network up",
         identity.as_str(),
+        // A netbooted server keeps its STATE on its local disk (labimg.state-disk=vda
+        // from the inventory), made on the blank disk at first boot.
+        "labimg: state created dev=/dev/vda1 disk=/dev/vda",
+        "labimg: state mounted dev=/dev/vda1 persistent=yes reason=state-disk",
         "labimg: config written",
         "k3s-stand-in: done, powering off",
     ]);
     log.assert_absent("labimg: FATAL");
     log.assert_in_order(&want);
-    // A netbooted node's /var is a tmpfs: its k3s node password comes with its
-    // config bundle (kept by the server), so every boot presents the same one.
+    // Its k3s node password came with its config bundle (kept by the server), and
+    // is kept on that STATE from then on.
     let contract = log.assert_host_contract(&[]);
     assert!(
-        contract["node-password"].contains("source=bundle"),
+        contract["node-password"].contains("created=no"),
         "{name}: {contract:?}"
     );
     assert!(
@@ -246,6 +257,10 @@ fn pxe_boot(
     log
 }
 
+/// Where the arm64 netbooted server keeps its STATE, given on its command line by the
+/// inventory (the proxmox profile names it with `netboot.state-disk` instead).
+const STATE_DISK: &str = "labimg.state-disk=vda";
+
 fn inventory_node(hostname: &str, mac: &str, role: &str, profile: &str, args: &str) -> String {
     format!(
         "[[node]]\nhostname = \"{hostname}\"\nmac = \"{mac}\"\nrole = \"{role}\"\nprofile = \"{profile}\"\nkernel-args = \"{args}\"\n"
@@ -269,6 +284,8 @@ fn x86_64_bios_pxe_with_qemu_ipxe_rom_boots_to_the_k3s_stand_in() {
     let lab = proxmox_lab("bios", host, mac);
     let vm = Vm::x86_64_bios("netboot-bios")
         .unwrap()
+        .blank_virtio_disk("2G")
+        .unwrap()
         .tap_net("tap0", mac, None)
         .extra_args(&["-boot", "n"]);
     pxe_boot(&lab, vm, host, "server", &[]);
@@ -281,6 +298,8 @@ fn x86_64_uefi_pxe_chains_debian_ipxe_efi_to_the_k3s_stand_in() {
     // No option ROM: OVMF's own virtio-net driver and PXE client must fetch
     // `ipxe.efi` from our TFTP, which then loads `boot.ipxe` over HTTP.
     let vm = Vm::x86_64_uefi("netboot-uefi")
+        .unwrap()
+        .blank_virtio_disk("2G")
         .unwrap()
         .tap_net("tap0", mac, Some(""));
     pxe_boot(
@@ -301,6 +320,8 @@ fn x86_64_uefi_http_boot_fetches_ipxe_over_http_to_the_k3s_stand_in() {
     // HttpBootDxe sends option 93 = 16 with `HTTPClient`, and must fetch
     // `ipxe.efi` from the URL in our offer, not over TFTP.
     let vm = Vm::x86_64_uefi("netboot-http")
+        .unwrap()
+        .blank_virtio_disk("2G")
         .unwrap()
         .extra_args(&[
             "-fw_cfg",
@@ -355,11 +376,19 @@ fn arm64_uefi_pxe_chains_debian_ipxe_arm64_to_the_k3s_stand_in() {
         "arm64",
         &out,
         "pi5",
-        &inventory_node(host, mac, "server", "pi5", "console=ttyAMA0"),
+        &inventory_node(
+            host,
+            mac,
+            "server",
+            "pi5",
+            &format!("console=ttyAMA0 {STATE_DISK}"),
+        ),
     );
     // Without ACPI the firmware hands the kernel QEMU's device tree: a Pi boots
     // with a device tree too, so the kernel takes the same hardware-description path.
     let vm = Vm::aarch64_uefi("netboot-arm64")
+        .unwrap()
+        .blank_virtio_disk("2G")
         .unwrap()
         .extra_args(&["-machine", "acpi=off"])
         .tap_net("tap0", mac, Some(""));
