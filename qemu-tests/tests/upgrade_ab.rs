@@ -7,6 +7,10 @@
 //! `/dev/tcp`, one relay per connection) to an HTTP server in this test on
 //! 127.0.0.1 serving a second build's output folder. `-no-reboot`
 //! makes every guest reboot end QEMU, and the test boots the same disk again.
+//! The agent reboots through PID 1's stop sequence (busybox `reboot`). A trial
+//! boot is blessed only once k3s reports the node Ready: there the stand-in runs
+//! (`Vm::stand_in_mode("run")`) and answers the agent's readiness question, and
+//! the boot ends at the `boot blessed` milestone.
 //!
 //! The images trust the committed test key (`qemu-tests/test-key/`) through
 //! `[upgrade] public-key`, and v2 is signed with it: a node stages only a bundle
@@ -39,6 +43,7 @@ public-key = "{public_key}"
 hostname = "pve-up-1"
 mac = "{MAC}"
 role = "server"
+dhcp-reservation = true
 labels = {{ "labimg.test/version" = "{version}" }}
 
 [outputs]
@@ -87,7 +92,14 @@ impl Node {
         }
     }
 
+    /// Boots until QEMU exits (the stand-in powers off once started).
     fn boot(&mut self) -> SerialLog {
+        self.boot_with(None, None)
+    }
+
+    /// Boots with the stand-in in `mode` (`Vm::stand_in_mode`), until QEMU exits
+    /// or `stop_at` appears on the console.
+    fn boot_with(&mut self, mode: Option<&str>, stop_at: Option<&str>) -> SerialLog {
         self.boots += 1;
         let log_name = format!("{}-boot{}", self.name, self.boots);
         // guestfwd to a chardev carries one connection only; `cmd:` spawns the
@@ -97,12 +109,14 @@ impl Node {
             self.port
         );
         let device = format!("virtio-net-pci,netdev=n0,mac={MAC}");
-        let log = Vm::x86_64_uefi(&log_name)
+        let mut vm = Vm::x86_64_uefi(&log_name)
             .unwrap()
             .scsi_existing_overlay(&self.overlay)
-            .extra_args(&["-netdev", &netdev, "-device", &device])
-            .boot(None, BOOT_TIMEOUT)
-            .unwrap();
+            .extra_args(&["-netdev", &netdev, "-device", &device]);
+        if let Some(mode) = mode {
+            vm = vm.stand_in_mode(mode);
+        }
+        let log = vm.boot(stop_at, BOOT_TIMEOUT).unwrap();
         eprintln!("{log_name}: {:.0?}", log.elapsed);
         log
     }
@@ -197,12 +211,16 @@ fn upgrade_ab_stages_slot_b_boots_it_as_a_trial_and_blesses_it() {
         "labimg: upgrade root written dev=/dev/sda3",
         &format!("labimg: upgrade staged slot=b version={v2_version} tries=3"),
         "labimg: rebooting into slot b",
+        // The agent asked PID 1 (busybox reboot), which ran its stop sequence.
+        "labimg: stopping action=reboot",
+        "labimg: rebooting",
     ]);
     log.assert_absent("k3s-stand-in");
+    log.assert_absent("did not reboot within");
 
-    // Boot 2: systemd-boot tries the new entry first; the trial reaches k3s and is
-    // blessed; STATE is the one boot 1 created.
-    let log = node.boot();
+    // Boot 2: systemd-boot tries the new entry first; the trial starts k3s and is
+    // blessed once k3s reports the node Ready; STATE is the one boot 1 created.
+    let log = node.boot_with(Some("run"), Some("labimg: boot blessed"));
     log.assert_absent("labimg: FATAL");
     log.assert_absent("labimg: state created");
     log.assert_in_order(&[
@@ -211,9 +229,9 @@ fn upgrade_ab_stages_slot_b_boots_it_as_a_trial_and_blesses_it() {
         "labimg: boot trial slot=b deadline=600s",
         "labimg: state mounted dev=/dev/sda4",
         &format!("labimg: upgrade check version={v2_version} up-to-date"),
-        "labimg: boot blessed slot=b",
         "labimg: k3s starting role=server",
-        "k3s-stand-in: done, powering off",
+        "labimg: boot trial waiting node=pve-up-1 for=Ready",
+        "labimg: boot blessed slot=b ready-s=",
     ]);
     let config = config_lines(&log);
     assert!(
