@@ -232,6 +232,15 @@ fn an_agent_refuses_a_bundle_whose_k3s_is_newer_than_its_servers() {
     let r = check_skew(&n, "server");
     assert!(r.ok && r.stdout.contains("passed"), "{}", r.stderr);
     assert!(!n.path("wget.calls").exists());
+    // Without a role (stage 2 did not pass it): said, not silently skipped.
+    let r = check_skew(&n, "");
+    assert!(r.ok && r.stdout.contains("passed"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("labimg: WARNING: upgrade: LB_ROLE is not set"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
