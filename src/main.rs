@@ -36,6 +36,8 @@ enum Command {
     Profile(cli::ProfileCommand),
     /// Run the netboot appliance: DHCP (proxy or full), TFTP and HTTP for PXE, iPXE and Raspberry Pi clients.
     Serve(Box<ServeOptions>),
+    /// Show a netbooted node's log lines, as it shipped them to `labimg serve`.
+    Logs(labimg_netboot::logs::LogsArgs),
     /// Describe a built image folder (or its manifest.json) and check its SHA256SUMS.
     Inspect(cli::InspectArgs),
     /// Sign a built folder's SHA256SUMS with a minisign secret key (writes SHA256SUMS.minisig).
@@ -53,6 +55,7 @@ fn run(args: Args) -> Result<()> {
         Command::Fetch(a) => cli::fetch(&a.profile.load(dir)?, a.cache, a.offline),
         Command::Profile(c) => c.run(dir),
         Command::Serve(opts) => labimg_netboot::serve(*opts),
+        Command::Logs(a) => labimg_netboot::logs::show(&a),
         Command::Inspect(a) => cli::inspect(&a.path, a.public_key.as_deref()),
         Command::Sign(a) => cli::sign(&a.dir, &a.key),
         Command::Keygen(a) => cli::keygen(&a.dir, a.encrypt),

@@ -1,13 +1,13 @@
 //! The HTTP side: iPXE scripts, artifacts and upgrade bundles (with Range),
-//! per-node config bundles, boot events, the node list, metrics and health. The
-//! whole route table is [`router`].
+//! per-node config bundles, boot events, node logs, the node list, metrics and
+//! health. The whole route table is [`router`].
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use tower_http::services::ServeFile;
 use crate::Shared;
 use crate::events::EventIn;
 use crate::images::is_plain_name;
-use crate::inventory::Mac;
+use crate::inventory::{Mac, Node};
 
 type S = State<Arc<Shared>>;
 
@@ -32,6 +32,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/ipxe/{file}", get(ipxe_file))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}/config", get(node_config))
+        .route(
+            "/v1/nodes/{id}/logs",
+            get(read_logs)
+                .post(post_logs)
+                .layer(DefaultBodyLimit::max(crate::logs::MAX_REQUEST)),
+        )
         .route("/v1/events", post(post_event))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -160,27 +166,40 @@ fn same(a: &str, b: &str) -> bool {
             == 0
 }
 
-async fn node_config(State(s): S, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let inv = s.inventory();
-    let node = match id.parse::<Mac>() {
+/// The node a node-facing route names: its MAC, or its Pi serial.
+fn node_by_boot_id(inv: &crate::inventory::Inventory, id: &str) -> Option<Node> {
+    match id.parse::<Mac>() {
         Ok(mac) => inv.by_mac(&mac),
-        Err(_) => inv.by_serial(&id),
-    };
-    let Some(node) = node else {
+        Err(_) => inv.by_serial(id),
+    }
+    .cloned()
+}
+
+/// `Err` (401, counted in `denied`) unless the request carries `node`'s token.
+#[allow(clippy::result_large_err)]
+fn check_token(s: &Shared, node: &Node, headers: &HeaderMap, denied: &str) -> Result<(), Response> {
+    let token = s
+        .tokens
+        .token_for(&node.hostname, node.token.as_deref())
+        .map_err(internal)?;
+    if bearer(headers).is_some_and(|b| same(b, &token)) {
+        return Ok(());
+    }
+    s.metrics.inc(denied, &[]);
+    Err((
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "token required\n",
+    )
+        .into_response())
+}
+
+async fn node_config(State(s): S, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let Some(node) = node_by_boot_id(&s.inventory(), &id) else {
         return text(StatusCode::NOT_FOUND, "unknown node\n");
     };
-    let token = match s.tokens.token_for(&node.hostname, node.token.as_deref()) {
-        Ok(t) => t,
-        Err(e) => return internal(e),
-    };
-    if !bearer(&headers).is_some_and(|b| same(b, &token)) {
-        s.metrics.inc("labimg_config_denied_total", &[]);
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "token required\n",
-        )
-            .into_response();
+    if let Err(r) = check_token(&s, &node, &headers, "labimg_config_denied_total") {
+        return r;
     }
     let dir = match s.cfg.images.node_dir(&node.profile, &node.hostname) {
         Ok(d) if d.is_dir() => d,
@@ -210,6 +229,79 @@ async fn node_config(State(s): S, Path(id): Path<String>, headers: HeaderMap) ->
     }
     tracing::info!(hostname = %node.hostname, "config bundle served");
     ([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response()
+}
+
+/// A node's batch of log lines (plain text, one per line), with its own token.
+async fn post_logs(
+    State(s): S,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(node) = node_by_boot_id(&s.inventory(), &id) else {
+        return text(StatusCode::NOT_FOUND, "unknown node\n");
+    };
+    if let Err(r) = check_token(&s, &node, &headers, "labimg_logs_denied_total") {
+        return r;
+    }
+    let lines = match crate::logs::parse_lines(&body) {
+        Ok(l) => l,
+        Err(msg) => {
+            s.metrics.inc("labimg_logs_rejected_total", &[]);
+            return text(StatusCode::BAD_REQUEST, format!("{msg}\n"));
+        }
+    };
+    if let Err(e) = s.logs.append(&node.hostname, &lines) {
+        return internal(e);
+    }
+    s.metrics.add(
+        "labimg_log_lines_total",
+        &[("hostname", &node.hostname)],
+        lines.len() as u64,
+    );
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+    since: Option<u64>,
+}
+
+/// The header carrying the position after the returned lines (`?since=` for the next read).
+pub const LOG_NEXT_HEADER: &str = "labimg-log-next";
+
+/// A node's shipped lines for the operator, by host name, MAC or Pi serial; like
+/// `/v1/nodes`, unauthenticated (see netboot/README.md, "Trust model").
+async fn read_logs(State(s): S, Path(id): Path<String>, Query(q): Query<LogsQuery>) -> Response {
+    let inv = s.inventory();
+    let node = match id.parse::<Mac>() {
+        Ok(mac) => inv.by_mac(&mac),
+        Err(_) => inv.by_hostname(&id).or_else(|| inv.by_serial(&id)),
+    };
+    let Some(node) = node else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("unknown node {id:?}: no host name, MAC or Pi serial in the inventory\n"),
+        );
+    };
+    match s.logs.read(&node.hostname, q.since, q.tail) {
+        Ok(r) => (
+            [
+                (
+                    header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8".to_string(),
+                ),
+                (
+                    header::HeaderName::from_static(LOG_NEXT_HEADER),
+                    r.next.to_string(),
+                ),
+            ],
+            r.text,
+        )
+            .into_response(),
+        Err(e) => internal(e),
+    }
 }
 
 async fn post_event(State(s): S, Json(e): Json<EventIn>) -> Response {

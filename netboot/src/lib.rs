@@ -1,5 +1,6 @@
 //! labimg netboot appliance: DHCP (proxy or full), TFTP and HTTP in one process, an
-//! inventory of nodes, per-node config bundles and a log of boot events.
+//! inventory of nodes, per-node config bundles, a log of boot events and the log
+//! lines nodes ship.
 //!
 //! The CLI builds a [`ServeOptions`] and calls [`serve`]; tests build a [`Shared`]
 //! and drive the pieces ([`http::router`], [`tftp::Tftp`], [`dhcp::DhcpServer`]) directly.
@@ -11,6 +12,7 @@ pub mod http;
 pub mod images;
 pub mod inventory;
 pub mod ipxe;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod tftp;
@@ -154,12 +156,14 @@ pub struct Shared {
     pub tokens: tokens::TokenStore,
     /// Boot events.
     pub events: events::EventLog,
+    /// Log lines nodes shipped (`<state-dir>/logs/`).
+    pub logs: logs::LogStore,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
 }
 
 impl Shared {
-    /// Builds the shared state; tokens live in `state_dir`.
+    /// Builds the shared state; tokens and shipped logs live in `state_dir`.
     pub fn new(
         cfg: Config,
         inv: inventory::Inventory,
@@ -170,6 +174,7 @@ impl Shared {
             inventory: Arc::new(RwLock::new(Arc::new(inv))),
             tokens: tokens::TokenStore::open(state_dir)?,
             events: Default::default(),
+            logs: logs::LogStore::new(state_dir),
             metrics: Default::default(),
         }))
     }

@@ -1,6 +1,6 @@
 //! HTTP handlers in-process: the exact iPXE script, artifacts and upgrade bundles
 //! with Range, the token guard on config bundles (checked with the host's tar),
-//! events and metrics.
+//! events, node logs and metrics.
 
 mod common;
 
@@ -319,4 +319,155 @@ async fn inventory_reload_keeps_last_good() {
         3,
         "invalid reload must keep the previous inventory"
     );
+}
+
+fn post_logs(uri: &str, token: Option<&str>, body: impl Into<Body>) -> Request<Body> {
+    let mut req = Request::post(uri);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    req.body(body.into()).unwrap()
+}
+
+#[tokio::test]
+async fn node_logs_need_the_token_and_read_back_by_name_and_mac() {
+    let f = fixture(8080);
+    let app = router(f.shared.clone());
+    let token = f.shared.tokens.token_for("cp1", None).unwrap();
+    let uri = format!("/v1/nodes/{CP_MAC}/logs");
+    let logs_dir = f.dir.path().join("state/logs");
+    // No token, a wrong one, another node's: refused, nothing stored.
+    for t in [None, Some("nope"), Some("pi1-fixed-token-0123456789")] {
+        let (st, _) = call(&app, post_logs(&uri, t, "labimg: stolen\n")).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{t:?}");
+    }
+    assert!(!logs_dir.join("cp1.log").exists());
+    // Malformed: not UTF-8, a terminal escape, empty, too big. The server keeps serving.
+    let big = vec![b'x'; labimg_netboot::logs::MAX_REQUEST + 1];
+    for (body, want) in [
+        (b"ok\n\xff\xfe\n".to_vec(), StatusCode::BAD_REQUEST),
+        (b"\x1b[2J wipe\n".to_vec(), StatusCode::BAD_REQUEST),
+        (Vec::new(), StatusCode::BAD_REQUEST),
+        (big, StatusCode::PAYLOAD_TOO_LARGE),
+    ] {
+        let (st, _) = call(&app, post_logs(&uri, Some(&token), body)).await;
+        assert_eq!(st, want);
+    }
+    assert!(!logs_dir.join("cp1.log").exists());
+    // The node's lines, twice; then the Pi by its serial with its inventory token.
+    let first = "Nov 29 00:01:02 cp1 user.notice labimg: stage2 start\n\
+                 Nov 29 00:01:03 cp1 user.notice labimg: k3s starting role=server\n";
+    let (st, _) = call(&app, post_logs(&uri, Some(&token), first)).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = call(
+        &app,
+        post_logs(
+            &uri,
+            Some(&token),
+            "Nov 29 00:01:04 cp1 k3s: Running kubelet\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = call(
+        &app,
+        post_logs(
+            "/v1/nodes/dc4a8f1b/logs",
+            Some("pi1-fixed-token-0123456789"),
+            "pi line\n",
+        ),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let resp = app
+        .clone()
+        .oneshot(get("/v1/nodes/cp1/logs"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let next: u64 = resp.headers()["labimg-log-next"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert_eq!(next, text.len() as u64);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    // Each line: the time it arrived, then what the node sent.
+    assert!(
+        lines[1].ends_with("Z Nov 29 00:01:03 cp1 user.notice labimg: k3s starting role=server")
+    );
+    assert!(lines[2].ends_with("Z Nov 29 00:01:04 cp1 k3s: Running kubelet"));
+    assert!(!text.contains("pi line") && !text.contains("stolen"));
+    // By MAC (any spelling) the same; tail and since.
+    let (_, by_mac) = call(&app, get("/v1/nodes/52-54-00-12-34-56/logs")).await;
+    assert_eq!(by_mac, body.to_vec());
+    let (_, tail) = call(&app, get("/v1/nodes/cp1/logs?tail=1")).await;
+    assert_eq!(String::from_utf8(tail).unwrap(), format!("{}\n", lines[2]));
+    let (_, none) = call(&app, get(&format!("/v1/nodes/cp1/logs?since={next}"))).await;
+    assert!(none.is_empty());
+    let (_, pi) = call(&app, get("/v1/nodes/pi1/logs")).await;
+    assert!(String::from_utf8(pi).unwrap().ends_with("Z pi line\n"));
+    let (_, pi) = call(&app, get("/v1/nodes/dc4a8f1b/logs?tail=5")).await;
+    assert!(String::from_utf8(pi).unwrap().ends_with("Z pi line\n"));
+    // Unknown nodes: 404 for both directions; a bad query: 400.
+    let (st, body) = call(&app, get("/v1/nodes/nobody/logs")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(
+        String::from_utf8(body)
+            .unwrap()
+            .contains("unknown node \"nobody\"")
+    );
+    let (st, _) = call(
+        &app,
+        post_logs("/v1/nodes/02:00:00:00:00:99/logs", Some(&token), "x\n"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(&app, get("/v1/nodes/cp1/logs?tail=lots")).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let (_, m) = call(&app, get("/metrics")).await;
+    let m = String::from_utf8(m).unwrap();
+    for want in [
+        "labimg_log_lines_total{hostname=\"cp1\"} 3\n",
+        "labimg_log_lines_total{hostname=\"pi1\"} 1\n",
+        "labimg_logs_denied_total 3\n",
+        "labimg_logs_rejected_total 3\n",
+        "labimg_http_requests_total{route=\"/v1/nodes/{id}/logs\",status=\"413\"} 1\n",
+    ] {
+        assert!(m.contains(want), "{want} not in\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn node_logs_stay_bounded() {
+    let f = fixture(8080);
+    let app = router(f.shared.clone());
+    let token = f.shared.tokens.token_for("cp1", None).unwrap();
+    let uri = format!("/v1/nodes/{CP_MAC}/logs");
+    // 3 MiB of lines in 60 KiB batches: at most 1 MiB (plus one batch) is kept.
+    let batch: String = (0..600)
+        .map(|i| format!("{i:04} {}\n", "y".repeat(95)))
+        .collect();
+    for n in 0..52 {
+        let body = batch.replace("yyyy", &format!("{n:04}"));
+        let (st, _) = call(&app, post_logs(&uri, Some(&token), body)).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+    }
+    let dir = f.dir.path().join("state/logs");
+    let on_disk: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let keep = labimg_netboot::logs::KEEP_BYTES;
+    assert!(on_disk <= keep + 64 * 1024, "{on_disk} bytes kept");
+    assert!(on_disk >= keep / 2, "{on_disk} bytes kept");
+    let (_, text) = call(&app, get("/v1/nodes/cp1/logs")).await;
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains(" 0599 0051"), "the newest batch is kept");
+    assert!(!text.contains(" 0000 0000"), "the oldest is gone");
 }
