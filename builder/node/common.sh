@@ -37,7 +37,8 @@ labimg_say() {
 	fi
 	# Into the persisted log too, once stage 2 runs syslogd (its socket is there).
 	if [ -S /dev/log ]; then
-		logger -t labimg -- "$*" 2>/dev/null
+		labimg_said=$*
+		logger -t labimg -- "${labimg_said#labimg: }" 2>/dev/null
 	fi
 }
 

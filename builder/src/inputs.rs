@@ -14,13 +14,15 @@ use crate::target::Target;
 /// busybox for init and tools, e2fsprogs and sfdisk to create and check STATE,
 /// CA certificates for HTTPS downloads (k3s images, GitOps repositories).
 /// util-linux's `partx` tells the kernel about the new STATE partition while
-/// root is mounted from the same disk.
+/// root is mounted from the same disk. chrony sets and keeps the clock (Debian's
+/// busybox has no `ntpd`): without it a Pi 5 starts in the past and TLS fails.
 pub const NODE_PACKAGES: &[&str] = &[
     "busybox-static",
     "e2fsprogs",
     "fdisk",
     "util-linux",
     "ca-certificates",
+    "chrony",
 ];
 
 /// Fetched inputs, by destination.
@@ -103,6 +105,10 @@ pub fn resolve_inputs(
     if profile.upgrade.public_key.is_some() {
         // The upgrade agent checks bundle signatures with minisign's own CLI.
         root_reqs.push("minisign".to_owned());
+    }
+    if profile.ssh_enabled() {
+        // Only with authorized keys: without them the image has no SSH server.
+        root_reqs.push(crate::profile::SSH_PACKAGE.to_owned());
     }
     let root = archive
         .resolve(&root_reqs)

@@ -171,6 +171,7 @@ pub fn default_node(profile: &Profile) -> Option<Node> {
         kernel_args: Vec::new(),
         dhcp_reservation: false,
         state_disk: None,
+        ssh_authorized_keys: Vec::new(),
     })
 }
 
@@ -205,19 +206,29 @@ pub fn node_env(profile: &Profile, node: &Node) -> String {
             "STATE_DISK",
             profile.state_disk(node).unwrap_or_default().to_owned(),
         ),
+        ("NTP_SERVERS", profile.time.servers.join(" ")),
     ];
     let mut out =
         String::from("# Rendered by labimg from the profile; sourced by /usr/lib/labimg/init.\n");
     for (k, v) in vars {
         // Written only where they are set (the default node's prefix, the first HA
-        // server's peers, a netboot state disk): other node.env files stay as they were.
-        if matches!(k, "HOSTNAME_PREFIX" | "JOIN_PEERS" | "STATE_DISK") && v.is_empty() {
+        // server's peers, a netboot state disk, NTP servers): other node.env files stay
+        // as they were.
+        if matches!(
+            k,
+            "HOSTNAME_PREFIX" | "JOIN_PEERS" | "STATE_DISK" | "NTP_SERVERS"
+        ) && v.is_empty()
+        {
             continue;
         }
         out.push_str(&format!("{k}={}\n", q(&v)));
     }
     out
 }
+
+/// Where a node directory holds the SSH keys that may log in to it (`ssh.authorized-keys`
+/// and the node's own), one a line; absent when there are none.
+pub const AUTHORIZED_KEYS: &str = "ssh/authorized_keys";
 
 /// Renders one node's directory for shared outputs, without secrets.
 pub fn render(profile: &Profile, node: &Node) -> Result<NodeDir> {
@@ -256,6 +267,12 @@ pub fn render_with(
     );
     for (path, yaml) in preseed::server_manifests(profile, node, opts)? {
         files.insert(path, (yaml.into_bytes(), 0o644));
+    }
+    // Public keys, not secrets: the node's SSH server reads them (node/ssh.sh).
+    let keys = profile.ssh_authorized_keys(node);
+    if !keys.is_empty() {
+        let text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+        files.insert(AUTHORIZED_KEYS.to_owned(), (text.into_bytes(), 0o644));
     }
     let mut secrets = BTreeSet::new();
     if dest.gets_secrets(opts) {

@@ -24,6 +24,8 @@ pub mod node_files {
     pub const COMMON: &str = include_str!("../node/common.sh");
     pub const UDHCPC_SCRIPT: &str = include_str!("../node/udhcpc.script");
     pub const UPGRADE: &str = include_str!("../node/upgrade");
+    pub const SSH: &str = include_str!("../node/ssh.sh");
+    pub const LOGSHIP: &str = include_str!("../node/logship.sh");
 }
 
 /// The assembled root and what was taken out of it for the boot partition.
@@ -251,12 +253,36 @@ fn host_services(tree: &mut Tree, profile: &Profile) -> Result<()> {
     Ok(())
 }
 
+/// Where the image keeps `node/ssh.sh`; stage 2 starts SSH only when it is there.
+pub const SSH_SCRIPT: &str = "usr/lib/labimg/ssh.sh";
+
+/// The SSH server's programs, from [`crate::profile::SSH_PACKAGE`].
+pub const SSH_PROGRAMS: &[&str] = &["usr/sbin/dropbear", "usr/bin/dropbearkey"];
+
+/// With authorized keys in the profile: installs [`SSH_SCRIPT`], after checking the
+/// SSH package put its programs in the image. Without: nothing (no SSH server).
+fn ssh_server(tree: &mut Tree, profile: &Profile) -> Result<()> {
+    if !profile.ssh_enabled() {
+        return Ok(());
+    }
+    for p in SSH_PROGRAMS {
+        anyhow::ensure!(
+            tree.get_follow(p).is_some_and(|e| e.data().is_some()),
+            "the profile has SSH keys but /{p} is not in the image (Debian package {})",
+            crate::profile::SSH_PACKAGE
+        );
+    }
+    tree.insert_file(SSH_SCRIPT, node_files::SSH, 0o644)?;
+    Ok(())
+}
+
 fn node_os(tree: &mut Tree, nodes: &NodeTable) -> Result<usize> {
     use node_files::*;
     tree.insert_file("usr/lib/labimg/init", STAGE2, 0o755)?;
     tree.insert_file("usr/lib/labimg/common.sh", COMMON, 0o644)?;
     tree.insert_file("usr/lib/labimg/udhcpc.script", UDHCPC_SCRIPT, 0o755)?;
     tree.insert_file("usr/lib/labimg/upgrade", UPGRADE, 0o755)?;
+    tree.insert_file("usr/lib/labimg/logship.sh", LOGSHIP, 0o644)?;
     tree.insert_symlink("usr/sbin/labimg-upgrade", "../lib/labimg/upgrade")?;
     tree.insert_symlink("usr/sbin/init", "../lib/labimg/init")?;
     tree.insert_file("usr/lib/labimg/nodes/index", nodes.index.clone(), 0o644)?;
@@ -317,6 +343,12 @@ pub const RUNTIME_MODULES: &[&str] = &[
     "sch_ingress",
 ];
 
+/// Modules for the power button, loaded where the kernel has them: `evdev` gives
+/// busybox `acpid` its `/dev/input/event*`, `button` is the ACPI power button (x86,
+/// Proxmox's Shutdown), `gpio_keys` the device-tree one (Pi 5, QEMU `virt`). Missing
+/// ones are left out (a kernel may build them in, or lack a board's driver).
+pub const POWER_BUTTON_MODULES: &[&str] = &["evdev", "button", "gpio_keys"];
+
 /// Kernel parameters every node gets before k3s starts; the profile's
 /// `kernel.sysctls` override them. Forwarding and bridge netfilter are what
 /// pod networking needs; the panic and overcommit values are the ones kubelet
@@ -348,6 +380,13 @@ fn kernel_runtime(tree: &mut Tree, profile: &Profile, modules: &KernelModules) -
     let mut load = modules
         .loadable(&defaults)
         .context("the kernel lacks a module k3s or Cilium needs")?;
+    for m in POWER_BUTTON_MODULES {
+        for name in modules.loadable(&[m.to_string()]).unwrap_or_default() {
+            if !load.contains(&name) {
+                load.push(name);
+            }
+        }
+    }
     for name in modules
         .loadable(&profile.kernel.load)
         .context("kernel.load")?
@@ -443,6 +482,7 @@ pub fn assemble_rootfs(
     )?;
     airgap_images(&mut tree, profile, render)?;
     host_services(&mut tree, profile)?;
+    ssh_server(&mut tree, profile)?;
     if let Some(key) = &profile.upgrade.public_key {
         // minisign's .pub format; the upgrade agent verifies bundles with it.
         let text = format!("untrusted comment: labimg upgrade key\n{}\n", key.trim());

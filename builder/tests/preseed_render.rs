@@ -593,3 +593,23 @@ fn the_netboot_state_disk_reaches_node_env() {
         nodecfg::render_all(&load("proxmox-longhorn", &["netboot.state-disk=vda"])).unwrap();
     assert!(env_of(node(&dirs, "default")).contains("STATE_DISK='vda'\n"));
 }
+
+/// `time.servers` reaches every node's `node.env` as `NTP_SERVERS`; without it the key
+/// is absent (the node then asks DHCP, then the public pool).
+#[test]
+fn time_servers_reach_node_env() {
+    let (dirs, _) = nodecfg::render_all(&load("proxmox-flux", &[])).unwrap();
+    assert!(dirs.iter().all(|d| !env_of(d).contains("NTP_SERVERS")));
+    let p = load(
+        "proxmox-flux",
+        &[r#"time.servers=["192.168.1.1", "time.cloudflare.com"]"#],
+    );
+    let (dirs, _) = nodecfg::render_all(&p).unwrap();
+    for d in &dirs {
+        assert!(
+            env_of(d).contains("NTP_SERVERS='192.168.1.1 time.cloudflare.com'\n"),
+            "{}",
+            env_of(d)
+        );
+    }
+}

@@ -691,3 +691,16 @@ state-disk = "disk/by-path/pci-0000:00:05.0"
     assert_eq!(p.state_disk(&p.nodes[1]), Some("nvme0n1"));
     assert_eq!(p.state_disk(&p.nodes[3]), Some("sda"));
 }
+
+/// An NTP server must be a host name or an IP address; the error names the key.
+#[test]
+fn time_servers_are_host_names_or_addresses() {
+    let text =
+        format!("{MINIMAL}\n[time]\nservers = [\"10.0.0.1\", \"ntp.example\", \"not a host\"]\n");
+    let dir = write(&[("t.toml", &text)]);
+    let e = errors("t", dir.path(), &[]);
+    let problems = sorted_problems(&e);
+    assert_eq!(problems.len(), 1, "{e}");
+    assert_eq!(problems[0].0, "time.servers", "{e}");
+    assert!(e.to_string().contains("'not a host'"), "{e}");
+}

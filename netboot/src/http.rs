@@ -268,9 +268,6 @@ struct LogsQuery {
     since: Option<u64>,
 }
 
-/// The header carrying the position after the returned lines (`?since=` for the next read).
-pub const LOG_NEXT_HEADER: &str = "labimg-log-next";
-
 /// A node's shipped lines for the operator, by host name, MAC or Pi serial; like
 /// `/v1/nodes`, unauthenticated (see netboot/README.md, "Trust model").
 async fn read_logs(State(s): S, Path(id): Path<String>, Query(q): Query<LogsQuery>) -> Response {
@@ -293,7 +290,7 @@ async fn read_logs(State(s): S, Path(id): Path<String>, Query(q): Query<LogsQuer
                     "text/plain; charset=utf-8".to_string(),
                 ),
                 (
-                    header::HeaderName::from_static(LOG_NEXT_HEADER),
+                    header::HeaderName::from_static(crate::logs::LOG_NEXT_HEADER),
                     r.next.to_string(),
                 ),
             ],

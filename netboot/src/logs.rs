@@ -18,6 +18,9 @@ use anyhow::{Context, Result};
 
 /// Largest request body a node may post (its batch of lines).
 pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// The header carrying the position after the returned lines (`?since=` for the next read).
+pub const LOG_NEXT_HEADER: &str = "labimg-log-next";
 /// Longest line accepted (busybox syslogd splits at 256 bytes; k3s lines are shorter).
 pub const MAX_LINE: usize = 4096;
 /// What is kept per node: two files of half this each.
@@ -279,7 +282,7 @@ fn fetch(agent: &ureq::Agent, url: &str, node: &str, base: &str) -> Result<LogRe
     let status = resp.status().as_u16();
     let next = resp
         .headers()
-        .get(crate::http::LOG_NEXT_HEADER)
+        .get(LOG_NEXT_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let text = resp
@@ -293,7 +296,7 @@ fn fetch(agent: &ureq::Agent, url: &str, node: &str, base: &str) -> Result<LogRe
         (404, _) => anyhow::bail!("{base} does not know node {node:?}: {}", text.trim()),
         (200, None) => anyhow::bail!(
             "{base} is not a labimg serve with node logs (no {} header)",
-            crate::http::LOG_NEXT_HEADER
+            LOG_NEXT_HEADER
         ),
         (s, _) => anyhow::bail!("{url}: HTTP {s}: {}", text.trim()),
     }

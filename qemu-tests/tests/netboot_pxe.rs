@@ -207,11 +207,11 @@ fn pxe_boot(
         "labimg: root verified",
         "labimg: stage2 start",
         "labimg: network up",
-        identity.as_str(),
-        // A netbooted server keeps its STATE on its local disk (labimg.state-disk=vda
-        // from the inventory), made on the blank disk at first boot.
+        // A netbooted server keeps its STATE on its local disk (netboot.state-disk or
+        // labimg.state-disk=vda), made on the blank disk at first boot.
         "labimg: state created dev=/dev/vda1 disk=/dev/vda",
         "labimg: state mounted dev=/dev/vda1 persistent=yes reason=state-disk",
+        identity.as_str(),
         "labimg: config written",
         "k3s-stand-in: done, powering off",
     ]);
@@ -435,4 +435,70 @@ fn netns_server_helper() {
     if let Ok(Err(e)) = r {
         panic!("server failed: {e:#}");
     }
+}
+
+/// Issue #17's "`labimg logs` shows a netbooted node's lines": the node ships its log
+/// to the appliance (`builder/node/logship.sh`, to the URL derived from its
+/// `labimg.config=`, with its token) and the route `labimg logs` reads shows its
+/// milestones and k3s's output (the stand-in's, through syslogd), by host name and by
+/// MAC. The stand-in runs 15 s (`poweroff` mode), then the node stops through PID 1.
+#[test]
+fn x86_64_bios_pxe_node_ships_its_log_to_labimg_logs() {
+    let (host, mac) = ("pxe-cp-1", "52:54:00:77:00:05");
+    let lab = proxmox_lab("logs", host, mac);
+    let vm = Vm::x86_64_bios("netboot-logs")
+        .unwrap()
+        .blank_virtio_disk("2G")
+        .unwrap()
+        .tap_net("tap0", mac, None)
+        .extra_args(&["-boot", "n"])
+        .stand_in_mode("poweroff");
+    let name = vm.name().to_owned();
+    let log = vm.in_netns(lab.ns.name()).boot(None, BOOT_TIMEOUT).unwrap();
+    let server_log = lab.keep_log(&name);
+    log.assert_absent("labimg: FATAL");
+    log.assert_in_order(&[
+        &format!("labimg: logs shipping url=http://{HTTP}/v1/nodes/{mac}/logs"),
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: ready mode=poweroff",
+        "labimg: stopping action=poweroff",
+    ]);
+    let shipped = lab.curl(&format!("/v1/nodes/{host}/logs")).unwrap();
+    let keep = target_dir()
+        .join("qemu-logs")
+        .join(format!("{name}.shipped.log"));
+    let _ = std::fs::write(&keep, &shipped);
+    for want in [
+        "labimg: logs persisted",
+        "labimg: config written",
+        "labimg: k3s starting role=server",
+        "k3s-stand-in: ready mode=poweroff",
+    ] {
+        assert!(
+            shipped.contains(want),
+            "{name}: {want:?} not shipped; shipped log {}, serial log {}, server log {}",
+            keep.display(),
+            log.keep().display(),
+            server_log.display()
+        );
+    }
+    assert!(
+        !shipped.contains("Authorization") && !log.text.contains("Bearer"),
+        "{name}: the token shows nowhere"
+    );
+    assert_eq!(
+        lab.curl(&format!("/v1/nodes/{mac}/logs")).unwrap(),
+        shipped,
+        "{name}: by MAC the same lines"
+    );
+    let metrics = lab.curl("/metrics").unwrap();
+    assert!(
+        metrics.contains(&format!("labimg_log_lines_total{{hostname=\"{host}\"}}")),
+        "{name}: {metrics}"
+    );
+    eprintln!(
+        "{name}: {} lines shipped ({} bytes)",
+        shipped.lines().count(),
+        shipped.len()
+    );
 }

@@ -350,4 +350,8 @@ pub struct Node {
     /// This node's netboot state disk, instead of `netboot.state-disk`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_disk: Option<String>,
+    /// Public keys allowed to log in to this node only, added to
+    /// `ssh.authorized-keys` (same format). Any key here puts the SSH server in the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
 }

@@ -49,8 +49,94 @@ pub(crate) fn check(p: &Profile, root: &SValue, sources: &Sources, out: &mut Vec
     check_nodes(p, &mut r);
     check_topology(p, &mut r);
     check_disk(p, &mut r);
+    check_time(p, &mut r);
     check_upgrade(p, &mut r);
     check_services(p, &mut r);
+    check_ssh(p, &mut r);
+}
+
+/// Every `ssh.authorized-keys` and `nodes[].ssh-authorized-keys` entry is one OpenSSH
+/// public key line.
+fn check_ssh(p: &Profile, r: &mut Report<'_>) {
+    let cluster = p
+        .ssh
+        .authorized_keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (format!("ssh.authorized-keys[{i}]"), k));
+    let nodes = p.nodes.iter().enumerate().flat_map(|(n, node)| {
+        node.ssh_authorized_keys
+            .iter()
+            .enumerate()
+            .map(move |(i, k)| (format!("nodes[{n}].ssh-authorized-keys[{i}]"), k))
+    });
+    for (path, key) in cluster.chain(nodes) {
+        if let Err(e) = check_ssh_public_key(key) {
+            r.add(&path, e);
+        }
+    }
+}
+
+/// The key types the node's SSH server (dropbear) accepts for `root`.
+pub(crate) const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+];
+
+/// One OpenSSH public key line, `<type> <base64 blob> [comment]`: a known type, and a
+/// blob that decodes and names that same type (as `ssh-keygen -l` would check).
+pub(crate) fn check_ssh_public_key(line: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    let line = line.trim();
+    let shown: String = line.chars().take(40).collect();
+    let hint = "give one OpenSSH public key line, `<type> <base64> [comment]`, as in \
+                ~/.ssh/id_ed25519.pub";
+    if line.contains(['\n', '\r']) {
+        return Err(format!("'{shown}…' holds a line break: {hint}"));
+    }
+    let mut fields = line.split_whitespace();
+    let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
+        return Err(format!("'{shown}' is not an SSH public key: {hint}"));
+    };
+    if !SSH_KEY_TYPES.contains(&kind) {
+        return Err(format!(
+            "'{kind}' is not a key type the node's SSH server takes (one of {}): {hint} \
+             (options such as from=\"…\" are not supported)",
+            SSH_KEY_TYPES.join(", ")
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .map_err(|e| format!("the {kind} key's base64 does not decode ({e}): {hint}"))?;
+    // The blob is length-prefixed fields (RFC 4253 6.6, RFC 5656 3.1, RFC 8709 4):
+    // the type again, then two (ssh-rsa: e and n; ECDSA: curve and point) or one
+    // (Ed25519: the 32-byte key), and nothing after them.
+    let mut fields = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 4 {
+        let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(field) = rest.get(4..4 + n) else {
+            break;
+        };
+        fields.push(field);
+        rest = &rest[4 + n..];
+    }
+    let whole = rest.is_empty()
+        && fields.first() == Some(&kind.as_bytes())
+        && match kind {
+            "ssh-ed25519" => fields.len() == 2 && fields[1].len() == 32,
+            _ => fields.len() == 3,
+        };
+    if !whole {
+        return Err(format!(
+            "the base64 of this {kind} key does not hold a whole {kind} key: a truncated \
+             or mixed-up line? ({hint})"
+        ));
+    }
+    Ok(())
 }
 
 fn check_services(p: &Profile, r: &mut Report<'_>) {
@@ -736,6 +822,17 @@ fn check_disk_name(name: &str) -> Result<(), String> {
              \"sda\", \"vda\" or \"nvme0n1\" (no /dev/: the node has no udev for \
              /dev/disk/by-* names)"
         ))
+    }
+}
+
+fn check_time(p: &Profile, r: &mut Report<'_>) {
+    for s in &p.time.servers {
+        if s.parse::<IpAddr>().is_err() && !is_hostname(s) {
+            r.add(
+                "time.servers",
+                format!("'{s}' is neither a host name nor an IP address"),
+            );
+        }
     }
 }
 

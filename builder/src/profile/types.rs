@@ -58,6 +58,9 @@ pub struct Profile {
     /// What a node booted over the network keeps, and where.
     #[serde(default, skip_serializing_if = "Netboot::is_unset")]
     pub netboot: Netboot,
+    /// How nodes set their clock.
+    #[serde(default, skip_serializing_if = "Time::is_unset")]
+    pub time: Time,
     /// What the build writes.
     #[serde(default)]
     pub outputs: Outputs,
@@ -74,6 +77,69 @@ pub struct Profile {
     /// `/var/log/labimg/<name>.log` on STATE.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
+    /// SSH access to the nodes, for their operator (none without keys).
+    #[serde(default, skip_serializing_if = "Ssh::is_unset")]
+    pub ssh: Ssh,
+}
+
+/// `[ssh]`: who may log in to the nodes with SSH. With no key here and none in any
+/// `nodes[].ssh-authorized-keys`, the image has no SSH server at all. With keys, the
+/// image carries Debian's `dropbear-bin` (chosen over openssh-server: one small
+/// binary and its key tool, no PAM, no systemd units, no configuration to keep in
+/// `/etc`, and it takes the authorized keys from a folder of our choosing, so root's
+/// home stays on the read-only root). Every node that has a key runs it on port 22
+/// for `root` (the node's only user), key-only: password logins are off. Host keys
+/// (Ed25519 and ECDSA) are made on the node's first boot and kept on STATE; the console
+/// prints their fingerprints (`labimg: ssh ready port=22 keys=1
+/// ssh-ed25519=SHA256:… ecdsa-sha2-nistp256=SHA256:… host-keys=created`) so the first
+/// connection can be checked against what `ssh` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Ssh {
+    /// Public keys allowed to log in as `root` on every node: OpenSSH public key
+    /// lines as in `~/.ssh/id_ed25519.pub`, `<type> <base64> [comment]`, where the
+    /// type is `ssh-ed25519`, `ecdsa-sha2-nistp256` (`384`, `521`) or `ssh-rsa`.
+    /// A node's own `nodes[].ssh-authorized-keys` are added to these.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub authorized_keys: Vec<String>,
+}
+
+impl Ssh {
+    /// Nothing set: the table is left out of a resolved profile.
+    pub fn is_unset(&self) -> bool {
+        self == &Ssh::default()
+    }
+}
+
+/// The Debian package of the SSH server, added to the root packages when any node
+/// has an authorized key ([`Profile::ssh_enabled`]).
+pub const SSH_PACKAGE: &str = "dropbear-bin";
+
+impl Profile {
+    /// Whether the image carries an SSH server: some key in `ssh.authorized-keys` or
+    /// in a node's `ssh-authorized-keys`.
+    pub fn ssh_enabled(&self) -> bool {
+        !self.ssh.authorized_keys.is_empty()
+            || self.nodes.iter().any(|n| !n.ssh_authorized_keys.is_empty())
+    }
+
+    /// The keys that may log in to `node`: the cluster's, then the node's own, each
+    /// once, trimmed.
+    pub fn ssh_authorized_keys(&self, node: &Node) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for k in self
+            .ssh
+            .authorized_keys
+            .iter()
+            .chain(&node.ssh_authorized_keys)
+        {
+            let k = k.trim().to_owned();
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
 }
 
 /// `[[services]]`: one daemon supervised beside k3s.
@@ -235,6 +301,27 @@ pub struct Netboot {
     /// pulls its images again after every boot. Written to the node's `node.env` as `STATE_DISK`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_disk: Option<String>,
+}
+
+/// `[time]`: where nodes get the time. Before k3s starts every node sets its clock
+/// once from NTP (Debian's chrony, `chronyd -q`, waiting at most 20 s), then keeps it
+/// synced with `chronyd`; the clock never starts before the image's build time or the
+/// time last saved on STATE (every 10 minutes and at shutdown).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Time {
+    /// NTP servers (host names or IP addresses), for example `["192.168.1.1"]` or
+    /// `["time.cloudflare.com"]`. Empty (the default): the servers the DHCP server
+    /// offers (option 42), else `pool.ntp.org`. Written to `node.env` as `NTP_SERVERS`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+}
+
+impl Time {
+    /// Nothing set: the table is left out of a resolved profile.
+    pub fn is_unset(&self) -> bool {
+        self == &Time::default()
+    }
 }
 
 impl Netboot {
