@@ -12,8 +12,9 @@
 //! boot-b holds v2's boot files and a `cmdline.txt` for root-b, root-b holds
 //! v2's root image, `autoboot.txt` is untouched. Boot 2 plays the firmware's
 //! `tryboot` (which QEMU cannot emulate): v2's kernel, initramfs and
-//! `cmdline.txt` are taken from boot-b on the disk; the trial boot must reach
-//! k3s and commit slot B in `autoboot.txt`. A second test serves a root image
+//! `cmdline.txt` are taken from boot-b on the disk; the trial boot must start
+//! k3s, be reported Ready (the stand-in runs, `Vm::stand_in_mode("run")`, and
+//! answers the agent's readiness question) and commit slot B in `autoboot.txt`. A second test serves a root image
 //! that does not match its sha256: the agent refuses it and leaves boot-b
 //! empty, so no tryboot could start the half-written slot.
 
@@ -47,6 +48,7 @@ cmdline = ["labimg.upgrade=http://10.0.2.100"]
 hostname = "pi-up-1"
 mac = "{MAC}"
 role = "server"
+dhcp-reservation = true
 labels = {{ "labimg.test/version" = "{version}" }}
 
 [outputs]
@@ -60,7 +62,7 @@ fn upgrade_json(out: &Path) -> serde_json::Value {
 }
 
 /// Boots `overlay` (kept across boots) with a direct kernel and the bundle
-/// server reachable as 10.0.2.100.
+/// server reachable as 10.0.2.100, until QEMU exits.
 fn boot(
     name: &str,
     overlay: &Path,
@@ -69,13 +71,25 @@ fn boot(
     initrd: &Path,
     cmdline: &str,
 ) -> SerialLog {
+    boot_with(name, overlay, port, (kernel, initrd, cmdline), None, None)
+}
+
+/// [`boot`] with the stand-in in `mode`, until QEMU exits or `stop_at` appears.
+fn boot_with(
+    name: &str,
+    overlay: &Path,
+    port: u16,
+    (kernel, initrd, cmdline): (&Path, &Path, &str),
+    mode: Option<&str>,
+    stop_at: Option<&str>,
+) -> SerialLog {
     let append = pi5_cmdline_on_virt(cmdline);
     let netdev = format!(
         "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & cat >&3'"
     );
     let device = format!("virtio-net-pci,netdev=n0,mac={MAC}");
     let drive = format!("file={},if=none,id=hd0,format=qcow2", overlay.display());
-    let log = Vm::aarch64_virt(name)
+    let mut vm = Vm::aarch64_virt(name)
         .unwrap()
         .direct_kernel(kernel, initrd, &append)
         .extra_args(&[
@@ -87,9 +101,11 @@ fn boot(
             &netdev,
             "-device",
             &device,
-        ])
-        .boot(None, BOOT_TIMEOUT)
-        .unwrap();
+        ]);
+    if let Some(mode) = mode {
+        vm = vm.stand_in_mode(mode);
+    }
+    let log = vm.boot(stop_at, BOOT_TIMEOUT).unwrap();
     eprintln!("{name}: {:.0?}", log.elapsed);
     log
 }
@@ -230,13 +246,15 @@ fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
     eprintln!("disk checks: {:.0?}", t.elapsed());
 
     // Boot 2: what the firmware does after `reboot "0 tryboot"`: boot partition 3.
-    let log = boot(
+    // The stand-in keeps running and reports the node Ready; the boot ends once
+    // the slot is blessed (bless syncs its writes before it says so).
+    let log = boot_with(
         "upgrade-rpi5-boot2",
         &overlay,
         port,
-        &kernel,
-        &initrd,
-        &cmdline_b,
+        (&kernel, &initrd, &cmdline_b),
+        Some("run"),
+        Some("labimg: boot blessed"),
     );
     log.assert_absent("labimg: FATAL");
     log.assert_absent("labimg: state created");
@@ -246,9 +264,9 @@ fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
         "labimg: boot trial slot=b deadline=600s",
         "labimg: state mounted dev=/dev/vda6",
         &format!("labimg: upgrade check version={v2_version} up-to-date"),
-        "labimg: boot blessed slot=b boot_partition=3",
         "labimg: k3s starting role=server",
-        "k3s-stand-in: done, powering off",
+        "labimg: boot trial waiting node=pi-up-1 for=Ready",
+        "labimg: boot blessed slot=b boot_partition=3 ready-s=",
     ]);
     let config = log.lines_with("k3s-stand-in: config| ");
     assert!(
