@@ -104,14 +104,14 @@ ssh_start() {
 	ssh_args="-F -E -s -p $SSH_PORT -D $SSH_RUN -P /run/labimg/dropbear.pid"
 	ssh_fps=
 	ssh_made=kept
-	for t in $SSH_KEY_TYPES; do
-		if ssh_line=$(ssh_host_key "$t"); then
+	for ssh_type in $SSH_KEY_TYPES; do
+		if ssh_line=$(ssh_host_key "$ssh_type"); then
 			# "<type> <fingerprint> created|kept"
 			ssh_fps="$ssh_fps ${ssh_line%% *}=$(echo "$ssh_line" | cut -d' ' -f2)"
 			[ "${ssh_line##* }" = created ] && ssh_made=created
-			ssh_args="$ssh_args -r $SSH_STATE/dropbear_${t}_host_key"
+			ssh_args="$ssh_args -r $SSH_STATE/dropbear_${ssh_type}_host_key"
 		else
-			warn "ssh: could not make or read the $t host key in $SSH_STATE"
+			warn "ssh: could not make or read the $ssh_type host key in $SSH_STATE"
 		fi
 	done
 	if [ -z "$ssh_fps" ]; then
