@@ -15,7 +15,7 @@
 
 SSH_STATE=/var/lib/labimg/ssh
 SSH_RUN=/run/labimg/ssh
-SSH_LOG=/var/log/labimg/dropbear.log
+SSH_LOG=/run/labimg/dropbear.out
 SSH_PORT=22
 SSH_KEY_TYPES="ed25519 ecdsa"
 
@@ -55,8 +55,9 @@ ssh_listening() {
 }
 
 # ssh_supervise ARGS...: runs dropbear ARGS in the foreground forever with back-off
-# (1 s doubling to 60 s, reset after a run of 10 minutes), appending its log to
-# SSH_LOG. On TERM (the stop sequence) it stops dropbear and every connection's
+# (1 s doubling to 60 s, reset after a run of 10 minutes). dropbear logs to syslog
+# (the node's rotated log on STATE); SSH_LOG, on /run, keeps only what it prints before
+# it gets there (a bad argument, a port in use). On TERM (the stop sequence) it stops dropbear and every connection's
 # dropbear process, then exits. Runs in a background subshell of PID 1.
 ssh_supervise() {
 	ssh_pid=
@@ -64,8 +65,7 @@ ssh_supervise() {
 	ssh_backoff=1
 	while :; do
 		ssh_started=$(cut -d. -f1 /proc/uptime)
-		echo "--- labimg: starting dropbear $* at uptime ${ssh_started}s" >>"$SSH_LOG"
-		dropbear "$@" >>"$SSH_LOG" 2>&1 </dev/null &
+		dropbear "$@" >"$SSH_LOG" 2>&1 </dev/null &
 		ssh_pid=$!
 		wait "$ssh_pid"
 		ssh_status=$?
@@ -101,7 +101,7 @@ ssh_start() {
 		return 0
 	fi
 	ssh_nkeys=$(grep -c '^[a-z]' "$SSH_RUN/authorized_keys")
-	ssh_args="-F -E -s -p $SSH_PORT -D $SSH_RUN -P /run/labimg/dropbear.pid"
+	ssh_args="-F -s -p $SSH_PORT -D $SSH_RUN -P /run/labimg/dropbear.pid"
 	ssh_fps=
 	ssh_made=kept
 	for ssh_type in $SSH_KEY_TYPES; do
@@ -124,6 +124,6 @@ ssh_start() {
 	if poll 5 ssh_listening; then
 		milestone "ssh ready port=$SSH_PORT keys=$ssh_nkeys$ssh_fps host-keys=$ssh_made"
 	else
-		warn "ssh: dropbear does not listen on port $SSH_PORT after 5 s: see $SSH_LOG"
+		warn "ssh: dropbear does not listen on port $SSH_PORT after 5 s: $(tail -n 2 "$SSH_LOG" 2>/dev/null | tr '\n' ' ')"
 	fi
 }

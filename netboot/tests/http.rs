@@ -337,9 +337,9 @@ async fn node_logs_need_the_token_and_read_back_by_name_and_mac() {
     let uri = format!("/v1/nodes/{CP_MAC}/logs");
     let logs_dir = f.dir.path().join("state/logs");
     // No token, a wrong one, another node's: refused, nothing stored.
-    for t in [None, Some("nope"), Some("pi1-fixed-token-0123456789")] {
-        let (st, _) = call(&app, post_logs(&uri, t, "labimg: stolen\n")).await;
-        assert_eq!(st, StatusCode::UNAUTHORIZED, "{t:?}");
+    for token in [None, Some("nope"), Some("pi1-fixed-token-0123456789")] {
+        let (st, _) = call(&app, post_logs(&uri, token, "labimg: stolen\n")).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{token:?}");
     }
     assert!(!logs_dir.join("cp1.log").exists());
     // Malformed: not UTF-8, a terminal escape, empty, too big. The server keeps serving.

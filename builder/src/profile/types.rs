@@ -73,8 +73,8 @@ pub struct Profile {
     /// Host daemons the node runs beside k3s (labimg's answer to Talos' system
     /// extensions): for example Longhorn's `iscsid`. Install their Debian packages
     /// with `debian.packages`; each is started before k3s, restarted with back-off
-    /// (1 s doubling to 60 s) when it exits, and logs to
-    /// `/var/log/labimg/<name>.log` on STATE.
+    /// (1 s doubling to 60 s) when it exits, and logs into the node's rotated log
+    /// on STATE (`/var/log/labimg/messages`, tagged `<name>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
     /// SSH access to the nodes, for their operator (none without keys).
