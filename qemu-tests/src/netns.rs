@@ -82,103 +82,124 @@ impl Netns {
     }
 }
 
-/// Debian's dnsmasq as the LAN's DHCP server (no DNS, no TFTP) inside a
-/// namespace: the "home router" a node gets its address from. Stopped on drop.
+/// A server process a test runs inside a namespace, with its own scratch folder
+/// (config, leases, log: its stderr goes to `<dir>/<name>.log`). Stopped on drop.
 #[derive(Debug)]
-pub struct DhcpServer {
-    child: std::process::Child,
+pub struct Daemon {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
     log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl Netns {
-    /// Starts dnsmasq on the bridge, leasing `first`..`last` (a /24) for an hour.
-    pub fn dnsmasq_dhcp(&self, first: &str, last: &str) -> Result<DhcpServer> {
+    /// Starts `program args…` in the namespace. `setup` writes what it needs into the
+    /// daemon's folder first and returns the arguments (which may name those files).
+    fn daemon(
+        &self,
+        program: &str,
+        what: &str,
+        setup: impl FnOnce(&std::path::Path) -> Result<Vec<String>>,
+    ) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
-        let log = dir.path().join("dnsmasq.log");
+        let args = setup(dir.path())?;
+        let log = dir.path().join(format!("{program}.log"));
         let child = self
-            .command("dnsmasq")
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--port=0",
-                "--user=root",
-                "--log-dhcp",
-                "--log-facility=-",
-                "--bind-interfaces",
-            ])
-            .arg(format!("--interface={}", self.bridge))
-            .arg(format!("--dhcp-range={first},{last},255.255.255.0,1h"))
-            // A home router names itself as DNS server (dnsmasq's DNS is off here).
-            .arg("--dhcp-option=option:dns-server,0.0.0.0")
-            // And itself as NTP server (option 42), as many home routers do.
-            .arg("--dhcp-option=option:ntp-server,0.0.0.0")
-            .arg(format!(
-                "--dhcp-leasefile={}",
-                dir.path().join("leases").display()
-            ))
+            .command(program)
+            .args(&args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
-            .context("starting dnsmasq (Debian package dnsmasq)")?;
-        Ok(DhcpServer {
-            child,
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Daemon {
+            child: Some(child),
+            dir,
             log,
-            _dir: dir,
+        })
+    }
+
+    /// Debian's dnsmasq as the LAN's DHCP server (no DNS, no TFTP): the "home router" a
+    /// node gets its address from, leasing `first`..`last` (a /24) for an hour, naming
+    /// itself DNS and NTP server (options 6 and 42).
+    pub fn dnsmasq_dhcp(&self, first: &str, last: &str) -> Result<Daemon> {
+        let bridge = self.bridge.clone();
+        self.daemon("dnsmasq", "dnsmasq (Debian package dnsmasq)", |dir| {
+            Ok(vec![
+                "--keep-in-foreground".into(),
+                "--conf-file=/dev/null".into(),
+                "--port=0".into(),
+                "--user=root".into(),
+                "--log-dhcp".into(),
+                "--log-facility=-".into(),
+                "--bind-interfaces".into(),
+                format!("--interface={bridge}"),
+                format!("--dhcp-range={first},{last},255.255.255.0,1h"),
+                // A home router names itself as DNS server (dnsmasq's DNS is off here)
+                // and as NTP server (option 42), as many do.
+                "--dhcp-option=option:dns-server,0.0.0.0".into(),
+                "--dhcp-option=option:ntp-server,0.0.0.0".into(),
+                format!("--dhcp-leasefile={}", dir.join("leases").display()),
+            ])
+        })
+    }
+
+    /// busybox's udhcpd as a LAN's DHCP server with short leases (dnsmasq will not
+    /// lease for less than two minutes): leasing `first`..`last` (a /24, router, DNS
+    /// and NTP at `router`) for `lease_secs` seconds. [`Daemon::leases`] reads them.
+    pub fn udhcpd(&self, first: &str, last: &str, router: &str, lease_secs: u32) -> Result<Daemon> {
+        let bridge = self.bridge.clone();
+        self.daemon("busybox", "busybox udhcpd", |dir| {
+            let conf = dir.join("udhcpd.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "start {first}\nend {last}\ninterface {bridge}\nlease_file {}\npidfile {}\n\
+                     auto_time 5\nmin_lease {lease_secs}\noption subnet 255.255.255.0\n\
+                     option router {router}\noption dns {router}\noption ntpsrv {router}\n\
+                     option lease {lease_secs}\n",
+                    dir.join("leases").display(),
+                    dir.join("pid").display(),
+                ),
+            )?;
+            std::fs::write(dir.join("leases"), b"")?;
+            Ok(vec![
+                "udhcpd".into(),
+                "-f".into(),
+                conf.display().to_string(),
+            ])
+        })
+    }
+
+    /// Debian's chrony as the LAN's NTP server on `addr` (an address of the bridge),
+    /// port 123: `chronyd -x` serves its own clock, the host's, and never changes it.
+    pub fn chrony_server(&self, addr: &str) -> Result<Daemon> {
+        self.daemon("chronyd", "chronyd (Debian package chrony)", |dir| {
+            let conf = dir.join("chrony.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "local stratum 8\nallow all\nbindaddress {addr}\nport 123\ncmdport 0\n\
+                     pidfile {}\n",
+                    dir.join("chronyd.pid").display()
+                ),
+            )?;
+            Ok(vec![
+                "-x".into(),
+                "-d".into(),
+                "-f".into(),
+                conf.display().to_string(),
+            ])
         })
     }
 }
 
-/// busybox's udhcpd as a LAN's DHCP server with short leases (dnsmasq will not lease
-/// for less than two minutes): what renewals are tested against. Stopped on drop.
-#[derive(Debug)]
-pub struct ShortLeaseDhcp {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-}
-
-impl Netns {
-    /// Starts `busybox udhcpd` on the bridge, leasing `first`..`last` (a /24, router
-    /// and DNS at `router`) for `lease_secs` seconds.
-    pub fn udhcpd(
-        &self,
-        first: &str,
-        last: &str,
-        router: &str,
-        lease_secs: u32,
-    ) -> Result<ShortLeaseDhcp> {
-        let dir = tempfile::tempdir()?;
-        let conf = dir.path().join("udhcpd.conf");
-        let leases = dir.path().join("leases");
-        std::fs::write(
-            &conf,
-            format!(
-                "start {first}\nend {last}\ninterface {}\nlease_file {}\npidfile {}\n\
-                 auto_time 5\nmin_lease {lease_secs}\noption subnet 255.255.255.0\n\
-                 option router {router}\noption dns {router}\noption ntpsrv {router}\n\
-                 option lease {lease_secs}\n",
-                self.bridge,
-                leases.display(),
-                dir.path().join("pid").display(),
-            ),
-        )?;
-        std::fs::write(&leases, b"")?;
-        let child = self
-            .command("busybox")
-            .args(["udhcpd", "-f"])
-            .arg(&conf)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("udhcpd.log"))?)
-            .spawn()
-            .context("starting busybox udhcpd")?;
-        Ok(ShortLeaseDhcp { child, dir })
+impl Daemon {
+    /// What the daemon wrote to stderr so far (dnsmasq: its DHCP exchanges).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-}
 
-impl ShortLeaseDhcp {
-    /// The current leases as `busybox dumpleases` prints them (MAC, IP, expiry).
+    /// udhcpd's current leases as `busybox dumpleases` prints them (MAC, IP, expiry).
     pub fn leases(&self) -> String {
         let out = Command::new("busybox")
             .args(["dumpleases", "-f"])
@@ -187,54 +208,8 @@ impl ShortLeaseDhcp {
         out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
     }
-}
 
-impl Drop for ShortLeaseDhcp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Debian's chrony as the LAN's NTP server (`chronyd -x`: it serves its own clock,
-/// the host's, and never changes it), on `addr` port 123. Stopped on drop.
-#[derive(Debug)]
-pub struct NtpServer {
-    child: Option<std::process::Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Netns {
-    /// Starts chronyd serving time on `addr` (an address of the bridge).
-    pub fn chrony_server(&self, addr: &str) -> Result<NtpServer> {
-        let dir = tempfile::tempdir()?;
-        let conf = dir.path().join("chrony.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "local stratum 8\nallow all\nbindaddress {addr}\nport 123\ncmdport 0\n\
-                 pidfile {}\n",
-                dir.path().join("chronyd.pid").display()
-            ),
-        )?;
-        let child = self
-            .command("chronyd")
-            .args(["-x", "-d", "-f"])
-            .arg(&conf)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("chronyd.log"))?)
-            .spawn()
-            .context("starting chronyd (Debian package chrony)")?;
-        Ok(NtpServer {
-            child: Some(child),
-            _dir: dir,
-        })
-    }
-}
-
-impl NtpServer {
-    /// Stops the server (a node booted afterwards finds no NTP).
+    /// Stops it (a node booted afterwards finds no such server).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -243,23 +218,9 @@ impl NtpServer {
     }
 }
 
-impl Drop for NtpServer {
+impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-impl DhcpServer {
-    /// What dnsmasq logged so far (its DHCP exchanges, with --log-dhcp).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for DhcpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -98,6 +98,7 @@ fn every_program_the_tests_call_is_listed_in_host_tools() {
             "Command::new(\"",
             "require(\"",
             ".command(\"",
+            ".daemon(\"",
             "\"netns\", \"exec\", ns, \"timeout\", \"30\", \"",
         ] {
             quoted_after(&text, open, &mut called);

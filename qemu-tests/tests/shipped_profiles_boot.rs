@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use labimg_qemu_tests::netns::{DhcpServer, Netns, NtpServer, ShortLeaseDhcp};
+use labimg_qemu_tests::netns::{Daemon, Netns};
 use labimg_qemu_tests::{
     SerialLog, Vm, build_profile_file_once, pi5_boot_files, qcow2_overlay, raw_image,
     workspace_root,
@@ -19,15 +19,15 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 /// The LAN's DHCP server: dnsmasq (hour-long leases), or busybox udhcpd with
 /// 60-second leases, which a node must keep renewing.
 enum Dhcp {
-    Dnsmasq(DhcpServer),
-    ShortLeases(ShortLeaseDhcp),
+    Dnsmasq(Daemon),
+    ShortLeases(Daemon),
 }
 
 /// A namespace with a bridge, a DHCP server handing out 10.x.0.100–150 and an NTP
 /// server (chrony) on 10.x.0.1, which the DHCP server names in option 42.
 struct Lan {
     dhcp: Dhcp,
-    ntp: NtpServer,
+    ntp: Daemon,
     ns: Netns,
 }
 
