@@ -300,18 +300,37 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 /// them (the positive control: the scan looks for the right bytes).
 fn assert_secrets_only_in_node_dirs(out: &Path, secrets: &[&str], hosts: &[&str]) {
     use std::os::unix::fs::PermissionsExt;
+    // Servers hold the configured token and the agent token derived from it (k3s
+    // agent-token); agents only the agent token, never the server's.
+    let agent_token = labimg_builder::preseed::agent_token(secrets[0]);
     for host in hosts {
-        let token = out.join("nodes").join(host).join("k3s/token");
+        let dir = out.join("nodes").join(host).join("k3s");
+        let token = dir.join("token");
         let data = std::fs::read(&token)
             .unwrap_or_else(|e| panic!("{}: {e} (the node's private token)", token.display()));
+        let is_server = dir.join("agent-token").is_file();
+        let (want, what) = if is_server {
+            (secrets[0], "the configured token")
+        } else {
+            (agent_token.as_str(), "the agent token")
+        };
         assert!(
-            contains(&data, secrets[0]),
-            "{} does not hold the configured token",
+            contains(&data, want),
+            "{} does not hold {what}",
             token.display()
+        );
+        assert!(
+            is_server || !contains(&data, secrets[0]),
+            "agent {host} holds the server token"
         );
         let mode = std::fs::metadata(&token).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} mode", token.display());
     }
+    let secrets: Vec<&str> = secrets
+        .iter()
+        .copied()
+        .chain([agent_token.as_str()])
+        .collect();
 
     let scratch = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
@@ -350,7 +369,7 @@ fn assert_secrets_only_in_node_dirs(out: &Path, secrets: &[&str], hosts: &[&str]
             assert!(plain.status.success(), "zstd -dc {}", f.display());
             data.extend_from_slice(&plain.stdout);
         }
-        for s in secrets {
+        for s in &secrets {
             assert!(
                 !contains(&data, s),
                 "a secret value leaked into the world-readable {}",

@@ -81,7 +81,8 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
     ]);
     // The kernel as k3s finds it: the modules k3s and Cilium need plus the
     // profile's, loaded; labimg's parameters with the profile's on top.
-    log.assert_absent("labimg: WARNING");
+    log.assert_absent("labimg: WARNING: modules failed to load");
+    log.assert_absent("labimg: WARNING: sysctls not set");
     log.assert_absent("MISSING");
     for want in [
         "k3s-stand-in: module overlay loaded",
