@@ -146,22 +146,29 @@ impl Drop for Server {
     }
 }
 
+/// `labimg serve` on the layout under `root` at `http`/`tftp`, with stand-in iPXE
+/// binaries written to `root/ipxe` (nothing fetched).
+fn serve_command(root: &Path, http: u16, tftp: u16) -> Command {
+    let ipxe = root.join("ipxe");
+    std::fs::create_dir_all(&ipxe).unwrap();
+    for f in IPXE_FILES {
+        std::fs::write(ipxe.join(f), b"stand-in").unwrap();
+    }
+    let mut cmd = Command::new(BIN);
+    cmd.args(serve_args(root, http, tftp))
+        .arg("--ipxe-dir")
+        .arg(&ipxe);
+    cmd
+}
+
 /// Runs serve with a prepared `--ipxe-dir` (no network) until it listens, then
 /// stops it; returns its stderr lines.
 fn serve_lines(extra: &[&str]) -> Vec<String> {
     let t = tempfile::tempdir().unwrap();
     layout(t.path());
-    let ipxe = t.path().join("ipxe");
-    std::fs::create_dir_all(&ipxe).unwrap();
-    for f in IPXE_FILES {
-        std::fs::write(ipxe.join(f), b"stand-in").unwrap();
-    }
     let (http, tftp) = free_ports();
-    let mut cmd = Command::new(BIN);
-    cmd.args(serve_args(t.path(), http, tftp))
-        .arg("--ipxe-dir")
-        .arg(&ipxe)
-        .args(extra);
+    let mut cmd = serve_command(t.path(), http, tftp);
+    cmd.args(extra);
     let mut srv = Server::start(cmd);
     srv.wait_for("TFTP on", Duration::from_secs(30));
     let lines = srv.stop();
@@ -411,17 +418,8 @@ fn shipped_node_lines_show_in_labimg_logs() {
          token = \"cp1-token-0123456789abcdef\"\n",
     )
     .unwrap();
-    let ipxe = t.path().join("ipxe");
-    std::fs::create_dir_all(&ipxe).unwrap();
-    for f in IPXE_FILES {
-        std::fs::write(ipxe.join(f), b"stand-in").unwrap();
-    }
     let (http, tftp) = free_ports();
-    let mut cmd = Command::new(BIN);
-    cmd.args(serve_args(t.path(), http, tftp))
-        .arg("--ipxe-dir")
-        .arg(&ipxe);
-    let mut srv = Server::start(cmd);
+    let mut srv = Server::start(serve_command(t.path(), http, tftp));
     srv.wait_for("HTTP on", Duration::from_secs(30));
     let base = format!("http://127.0.0.1:{http}");
     let config = format!("labimg.config={base}/v1/nodes/52:54:00:12:34:56/config");
@@ -537,11 +535,7 @@ fn shipped_node_lines_show_in_labimg_logs() {
     .spawn()
     .unwrap();
     std::thread::sleep(Duration::from_secs(7));
-    let mut cmd = Command::new(BIN);
-    cmd.args(serve_args(t.path(), http, tftp))
-        .arg("--ipxe-dir")
-        .arg(&ipxe);
-    let mut srv = Server::start(cmd);
+    let mut srv = Server::start(serve_command(t.path(), http, tftp));
     srv.wait_for("HTTP on", Duration::from_secs(30));
     assert!(shipper.wait().unwrap().success());
     let (ok, back, err) = labimg_logs(&["cp1", "--server", &base, "--tail", "0"]);

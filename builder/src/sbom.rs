@@ -60,7 +60,7 @@ fn spdx_id(parts: &[&str]) -> String {
 }
 
 /// `YYYY-MM-DDThh:mm:ssZ` for seconds since the epoch (civil-from-days).
-fn rfc3339(epoch: u64) -> String {
+pub fn rfc3339(epoch: u64) -> String {
     let days = (epoch / 86_400) as i64;
     let secs = epoch % 86_400;
     let z = days + 719_468;

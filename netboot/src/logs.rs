@@ -50,25 +50,8 @@ pub fn parse_lines(body: &[u8]) -> Result<Vec<&str>, String> {
     Ok(lines)
 }
 
-/// `YYYY-MM-DDThh:mm:ssZ` for seconds since the epoch (civil-from-days).
-pub fn rfc3339(epoch: u64) -> String {
-    let (days, rem) = (epoch / 86_400, epoch % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+/// `YYYY-MM-DDThh:mm:ssZ` for seconds since the epoch: the builder's SBOM formatter.
+pub use labimg_builder::sbom::rfc3339;
 
 /// What a read returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
