@@ -204,7 +204,7 @@ pub fn write_disk(layout: &DiskLayout, dst: &Path) -> Result<Vec<Placement>> {
             e[56 + 2 * j..58 + 2 * j].copy_from_slice(&u.to_le_bytes());
         }
     }
-    let entries_crc = crc32(&entries);
+    let entries_crc = crc32fast::hash(&entries);
     let header = |mine: u64, alt: u64, array: u64| {
         let mut h = [0u8; SECTOR as usize];
         h[0..8].copy_from_slice(b"EFI PART");
@@ -219,7 +219,7 @@ pub fn write_disk(layout: &DiskLayout, dst: &Path) -> Result<Vec<Placement>> {
         h[80..84].copy_from_slice(&(GPT_ENTRIES as u32).to_le_bytes());
         h[84..88].copy_from_slice(&(GPT_ENTRY_SIZE as u32).to_le_bytes());
         h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
-        let crc = crc32(&h[..92]);
+        let crc = crc32fast::hash(&h[..92]);
         h[16..20].copy_from_slice(&crc.to_le_bytes());
         h
     };
@@ -241,12 +241,6 @@ pub fn write_disk(layout: &DiskLayout, dst: &Path) -> Result<Vec<Placement>> {
         Ok(())
     })?;
     Ok(placed)
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut c = flate2::Crc::new();
-    c.update(data);
-    c.sum()
 }
 
 fn put(f: &mut File, at: u64, data: &[u8]) -> Result<()> {
