@@ -43,8 +43,9 @@ pub fn agent_token(token: &str) -> String {
     hex::encode(hmac_sha256(token.as_bytes(), AGENT_TOKEN_LABEL))
 }
 
-/// HMAC-SHA256 (RFC 2104) over `sha2`.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+/// HMAC-SHA256 (RFC 2104) over `sha2` (also what `labimg serve --token-key` derives
+/// per-node tokens with).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     const BLOCK: usize = 64;
     let mut k = [0u8; BLOCK];

@@ -101,6 +101,20 @@ pub struct ServeOptions {
     /// netboot files match it (default: no check, with a warning).
     #[arg(long, value_name = "FILE")]
     pub public_key: Option<PathBuf>,
+    /// Key file shared by replicas: per-node tokens and k3s node passwords are derived
+    /// from it (HMAC-SHA256) instead of kept at random per server, so any replica
+    /// serves a node's config. `once = true` nodes then need a single replica.
+    #[arg(long, value_name = "FILE", env = "LABIMG_TOKEN_KEY_FILE")]
+    pub token_key: Option<PathBuf>,
+    /// Seconds running HTTP and TFTP transfers get to finish after SIGTERM or SIGINT
+    /// (new ones are refused meanwhile); then the server exits anyway.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 30,
+        env = "LABIMG_DRAIN_TIMEOUT"
+    )]
+    pub drain_timeout: u64,
 }
 
 impl Default for ServeOptions {
@@ -128,6 +142,8 @@ impl Default for ServeOptions {
             ipxe_dir: None,
             tftp_max_transfers: 64,
             public_key: None,
+            token_key: None,
+            drain_timeout: 30,
         }
     }
 }
@@ -169,10 +185,20 @@ impl Shared {
         inv: inventory::Inventory,
         state_dir: &std::path::Path,
     ) -> Result<Arc<Self>> {
+        Self::with_token_key(cfg, inv, state_dir, None)
+    }
+
+    /// [`Shared::new`] whose tokens derive from `key` when there is one.
+    pub fn with_token_key(
+        cfg: Config,
+        inv: inventory::Inventory,
+        state_dir: &std::path::Path,
+        key: Option<tokens::TokenKey>,
+    ) -> Result<Arc<Self>> {
         Ok(Arc::new(Self {
             cfg,
             inventory: Arc::new(RwLock::new(Arc::new(inv))),
-            tokens: tokens::TokenStore::open(state_dir)?,
+            tokens: tokens::TokenStore::open_with_key(state_dir, key)?,
             events: Default::default(),
             logs: logs::LogStore::new(state_dir),
             metrics: Default::default(),
@@ -248,7 +274,28 @@ pub async fn serve_async(opts: ServeOptions) -> Result<()> {
         }
     }
     tracing::info!("iPXE binaries from {}", ipxe_loc.dir.display());
-    let shared = Shared::new(cfg, inv, &opts.state_dir)?;
+    let token_key = opts
+        .token_key
+        .as_deref()
+        .map(tokens::TokenKey::load)
+        .transpose()?;
+    if token_key.is_some() {
+        tracing::info!("per-node tokens derived from the shared token key");
+        let once: Vec<&str> = inv
+            .nodes
+            .iter()
+            .filter(|n| n.once)
+            .map(|n| n.hostname.as_str())
+            .collect();
+        if !once.is_empty() {
+            tracing::warn!(
+                "once = true is recorded per replica ({}): with several replicas each may \
+                 hand the bundle out once; run one replica for these nodes",
+                once.join(", ")
+            );
+        }
+    }
+    let shared = Shared::with_token_key(cfg, inv, &opts.state_dir, token_key)?;
     tokio::spawn(inventory::watch(
         opts.inventory.clone(),
         shared.inventory.clone(),
@@ -256,18 +303,29 @@ pub async fn serve_async(opts: ServeOptions) -> Result<()> {
     ));
 
     let mut tasks = tokio::task::JoinSet::new();
+    // HTTP and TFTP drain on a signal (below); DHCP and the rest just stop.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut transfers = tokio::task::JoinSet::new();
     let listener = tokio::net::TcpListener::bind(opts.http_addr)
         .await
         .with_context(|| format!("binding HTTP to {}", opts.http_addr))?;
     tracing::info!("HTTP on {}", opts.http_addr);
     let app = http::router(shared.clone());
-    tasks.spawn(async move { axum::serve(listener, app).await.context("HTTP server") });
+    let mut http_stop = stop_rx.clone();
+    transfers.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+            .context("HTTP server")
+    });
     if opts.tftp_addr.port() != 0 {
         let mtu = iface.as_ref().map(|i| i.mtu);
         let tftp =
             tftp::Tftp::bind(opts.tftp_addr, shared.clone(), opts.tftp_max_transfers, mtu).await?;
         tracing::info!("TFTP on {}", opts.tftp_addr);
-        tasks.spawn(async move { tftp.run().await });
+        transfers.spawn(async move { tftp.run_until(stop_rx).await });
     }
     if opts.dhcp != DhcpMode::Off {
         let server = dhcp::DhcpServer::bind(&opts, shared.clone()).await?;
@@ -279,8 +337,39 @@ pub async fn serve_async(opts: ServeOptions) -> Result<()> {
         Some(r) = tasks.join_next() => {
             r.context("service task panicked")??;
         }
+        Some(r) = transfers.join_next() => {
+            r.context("service task panicked")??;
+        }
     }
     tasks.abort_all();
+    // Drain: no new connections or TFTP requests; running transfers get
+    // --drain-timeout to finish, so a restart does not cut a node's boot in half.
+    let _ = stop_tx.send(true);
+    let limit = std::time::Duration::from_secs(opts.drain_timeout);
+    tracing::info!(
+        "draining: new transfers refused, running ones get up to {} s",
+        limit.as_secs()
+    );
+    tokio::select! {
+        r = tokio::time::timeout(limit, async {
+            while let Some(r) = transfers.join_next().await {
+                match r {
+                    Ok(Err(e)) => tracing::warn!("while draining: {e:#}"),
+                    Err(e) if e.is_panic() => tracing::warn!("service task panicked: {e}"),
+                    _ => {}
+                }
+            }
+        }) => match r {
+            Ok(()) => tracing::info!("drained: every transfer finished"),
+            Err(_) => tracing::warn!(
+                "drain timeout ({} s) passed: cutting the transfers still running",
+                limit.as_secs()
+            ),
+        },
+        _ = int.recv() => tracing::warn!("second signal: stopping without waiting"),
+        _ = term.recv() => tracing::warn!("second signal: stopping without waiting"),
+    }
+    transfers.abort_all();
     Ok(())
 }
 

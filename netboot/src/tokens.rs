@@ -1,5 +1,6 @@
 //! Per-node config tokens and k3s node passwords: generated once, persisted (0600)
-//! in the state directory, plus the record of `once` bundles already handed out.
+//! in the state directory, or derived from a key every replica shares
+//! (`--token-key`), plus the record of `once` bundles already handed out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -23,7 +24,58 @@ struct State {
 pub struct TokenStore {
     path: PathBuf,
     state: Mutex<State>,
+    /// With a shared key, tokens and node passwords are derived, not remembered.
+    key: Option<TokenKey>,
 }
+
+/// The secret replicas share so that each derives the same per-node tokens and k3s
+/// node passwords (`--token-key FILE`).
+#[derive(Clone)]
+pub struct TokenKey(Vec<u8>);
+
+/// Never printed: it is a secret.
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+/// Fewest key bytes accepted: 128 bits, what `openssl rand -hex 16` gives as text.
+pub const MIN_KEY_BYTES: usize = 16;
+
+impl TokenKey {
+    /// The key's bytes (surrounding whitespace, such as a final newline, is not part
+    /// of it, so `openssl rand -hex 32 > key` and a Kubernetes Secret read the same).
+    pub fn new(bytes: &[u8]) -> Result<Self> {
+        let key = bytes.trim_ascii();
+        anyhow::ensure!(
+            key.len() >= MIN_KEY_BYTES,
+            "the token key has {} bytes; it needs at least {MIN_KEY_BYTES} (make one with \
+             `openssl rand -hex 32 > token.key`)",
+            key.len()
+        );
+        Ok(Self(key.to_vec()))
+    }
+
+    /// Reads the key from `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading the token key {}", path.display()))?;
+        Self::new(&bytes).with_context(|| format!("token key {}", path.display()))
+    }
+
+    /// 32 hex characters: HMAC-SHA256 of `<label> NUL <hostname>` under the key, cut to
+    /// the length of a random token.
+    fn derive(&self, label: &str, hostname: &str) -> String {
+        let msg = [label.as_bytes(), b"\0", hostname.as_bytes()].concat();
+        hex::encode(&labimg_builder::preseed::hmac_sha256(&self.0, &msg)[..16])
+    }
+}
+
+/// The labels tokens and node passwords are derived under: distinct, so one never
+/// gives the other away.
+const TOKEN_LABEL: &str = "labimg node config-token v1";
+const PASSWORD_LABEL: &str = "labimg node k3s-password v1";
 
 /// The path only: the state is secrets.
 impl std::fmt::Debug for TokenStore {
@@ -63,6 +115,13 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
 impl TokenStore {
     /// Opens (or starts) the store in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Self> {
+        Self::open_with_key(state_dir, None)
+    }
+
+    /// [`TokenStore::open`]; with `key`, tokens and node passwords are derived from
+    /// it instead of made at random, so replicas sharing the key agree. `once`
+    /// records stay in this replica's state.
+    pub fn open_with_key(state_dir: &Path, key: Option<TokenKey>) -> Result<Self> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
         let path = state_dir.join("tokens.json");
@@ -76,6 +135,7 @@ impl TokenStore {
         Ok(Self {
             path,
             state: Mutex::new(state),
+            key,
         })
     }
 
@@ -87,6 +147,9 @@ impl TokenStore {
     pub fn token_for(&self, hostname: &str, given: Option<&str>) -> Result<String> {
         if let Some(t) = given {
             return Ok(t.to_string());
+        }
+        if let Some(k) = &self.key {
+            return Ok(k.derive(TOKEN_LABEL, hostname));
         }
         self.remembered(hostname, |st| &mut st.tokens)
     }
@@ -116,6 +179,9 @@ impl TokenStore {
     /// server refuses a node whose password changed; the config bundle carries this
     /// one (`k3s/node-password`), so every boot presents the same password.
     pub fn node_password_for(&self, hostname: &str) -> Result<String> {
+        if let Some(k) = &self.key {
+            return Ok(k.derive(PASSWORD_LABEL, hostname));
+        }
         self.remembered(hostname, |st| &mut st.node_passwords)
     }
 
@@ -168,5 +234,57 @@ mod tests {
         );
         assert!(store.consume("n1").unwrap());
         assert!(!TokenStore::open(dir.path()).unwrap().consume("n1").unwrap());
+    }
+
+    #[test]
+    fn a_shared_key_gives_every_replica_the_same_secrets() {
+        let key = TokenKey::new(b"0123456789abcdef0123456789abcdef\n").unwrap();
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ra = TokenStore::open_with_key(a.path(), Some(key.clone())).unwrap();
+        let rb = TokenStore::open_with_key(b.path(), Some(key)).unwrap();
+        let t = ra.token_for("n1", None).unwrap();
+        assert_eq!(t.len(), 32);
+        assert_eq!(rb.token_for("n1", None).unwrap(), t);
+        assert_ne!(rb.token_for("n2", None).unwrap(), t);
+        let pw = ra.node_password_for("n1").unwrap();
+        assert_eq!(rb.node_password_for("n1").unwrap(), pw);
+        assert_ne!(pw, t, "the password is not the config token");
+        assert_eq!(ra.token_for("n1", Some("given")).unwrap(), "given");
+        // Derived, nothing written; another key derives other secrets.
+        assert!(!a.path().join("tokens.json").exists());
+        let other = TokenKey::new(b"another key, 16+ bytes long").unwrap();
+        let rc = TokenStore::open_with_key(a.path(), Some(other)).unwrap();
+        assert_ne!(rc.token_for("n1", None).unwrap(), t);
+        // Without a key: random, so two replicas disagree (the reason for the key).
+        let (x, y) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        assert_ne!(
+            TokenStore::open(x.path())
+                .unwrap()
+                .token_for("n1", None)
+                .unwrap(),
+            TokenStore::open(y.path())
+                .unwrap()
+                .token_for("n1", None)
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn a_short_or_empty_key_is_refused() {
+        let e = TokenKey::new(b"  short\n").unwrap_err().to_string();
+        assert!(e.contains("5 bytes") && e.contains("at least 16"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key");
+        std::fs::write(&p, "\n").unwrap();
+        let e = format!("{:#}", TokenKey::load(&p).unwrap_err());
+        assert!(
+            e.contains(p.to_str().unwrap()) && e.contains("0 bytes"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            TokenKey::load(&dir.path().join("none")).unwrap_err()
+        );
+        assert!(e.contains("reading the token key"), "{e}");
     }
 }

@@ -1,6 +1,7 @@
 //! A small read-only TFTP server (RFC 1350) with options (RFC 2347), blksize
 //! (2348), tsize and timeout (2349) and windowsize (7440); one task and one socket
-//! per transfer, bounded in number.
+//! per transfer, bounded in number. On a stop signal it takes no more requests and
+//! waits for the running transfers ([`Tftp::run_until`]).
 
 pub mod files;
 pub mod packet;
@@ -30,6 +31,7 @@ pub struct Tftp {
     sock: UdpSocket,
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
+    max_transfers: usize,
     max_blksize: usize,
 }
 
@@ -60,6 +62,7 @@ impl Tftp {
             sock,
             shared,
             slots: Arc::new(Semaphore::new(max_transfers.max(1))),
+            max_transfers: max_transfers.max(1),
             max_blksize,
         })
     }
@@ -71,9 +74,21 @@ impl Tftp {
 
     /// Serves requests until aborted.
     pub async fn run(self) -> Result<()> {
+        let (_never_stops, stop) = tokio::sync::watch::channel(false);
+        self.run_until(stop).await
+    }
+
+    /// Serves requests until `stop` turns true, then closes the server socket (a new
+    /// request gets ICMP port unreachable) and returns once every running transfer
+    /// has ended: finished, failed, or given up after its retries.
+    pub async fn run_until(self, mut stop: tokio::sync::watch::Receiver<bool>) -> Result<()> {
         let mut buf = vec![0u8; 2048];
         loop {
-            let (n, peer) = match self.sock.recv_from(&mut buf).await {
+            let received = tokio::select! {
+                r = self.sock.recv_from(&mut buf) => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let (n, peer) = match received {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!("TFTP receive: {e}");
@@ -137,6 +152,18 @@ impl Tftp {
                 None => m.inc("labimg_tftp_requests_total", &[("result", "malformed")]),
             }
         }
+        let Tftp {
+            sock,
+            slots,
+            max_transfers,
+            ..
+        } = self;
+        drop(sock);
+        let running = max_transfers - slots.available_permits();
+        tracing::info!("TFTP: no new requests; waiting for {running} running transfer(s)");
+        // Every permit back means every transfer task has ended.
+        let _ = slots.acquire_many(max_transfers as u32).await;
+        Ok(())
     }
 }
 
