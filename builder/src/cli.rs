@@ -3,13 +3,20 @@
 //! once, here or on the library type they configure ([`BuildOptions`],
 //! `labimg_netboot::ServeOptions`).
 
+pub mod exit;
 mod logging;
+pub mod output;
+pub mod report;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+pub use self::exit::{EXIT_STATUS_HELP, exit_code};
 pub use self::logging::{LogFormat, init_logging};
+pub use self::output::{is_stdout_closed, print_json, stdout};
 use crate::artifact::hash_file;
 use crate::artifact::sign;
 use crate::build::{BuildOptions, build as run_build};
@@ -88,19 +95,30 @@ pub struct FetchArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ProfileCommand {
     /// List the profiles in the profiles folder.
-    List,
+    List {
+        /// Print a JSON array of {name, description, path} instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a profile (with --resolved: after `extends` and `--set`, with every default).
     Show {
         #[command(flatten)]
         profile: ProfileArgs,
         #[arg(long)]
         resolved: bool,
+        /// Print the profile as one JSON object (the file's own keys, or with
+        /// --resolved the resolved profile).
+        #[arg(long)]
+        json: bool,
     },
     /// Check profiles and report every problem with file, line and key.
     Validate {
         /// Profile names or paths.
         #[arg(required = true)]
         profiles: Vec<String>,
+        /// Print one JSON object: {ok, profiles: [{profile, path, ok, problems}]}.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -108,11 +126,19 @@ impl ProfileCommand {
     /// Runs the subcommand on the profiles in `profiles_dir`.
     pub fn run(&self, profiles_dir: &Path) -> Result<()> {
         match self {
-            Self::List => profile_list(profiles_dir),
-            Self::Show { profile, resolved } => {
-                profile_show(&profile.profile, &profile.sets, profiles_dir, *resolved)
-            }
-            Self::Validate { profiles } => profile_validate(profiles, profiles_dir),
+            Self::List { json } => profile_list(profiles_dir, *json),
+            Self::Show {
+                profile,
+                resolved,
+                json,
+            } => profile_show(
+                &profile.profile,
+                &profile.sets,
+                profiles_dir,
+                *resolved,
+                *json,
+            ),
+            Self::Validate { profiles, json } => profile_validate(profiles, profiles_dir, *json),
         }
     }
 }
@@ -125,6 +151,10 @@ pub struct InspectArgs {
     /// Also require SHA256SUMS.minisig to be a valid signature by this minisign public key.
     #[arg(long, value_name = "FILE")]
     pub public_key: Option<PathBuf>,
+    /// Print one JSON object (the manifest's summary, the signature, each file's check
+    /// and `ok`) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `labimg sign` options.
@@ -165,6 +195,14 @@ pub struct InvalidProfiles {
     pub total: usize,
 }
 
+/// Files of a build folder that do not match its SHA256SUMS (`labimg inspect`).
+#[derive(Debug, thiserror::Error)]
+#[error("{} output(s) do not match SHA256SUMS: {}", .files.len(), .files.join(", "))]
+pub struct OutputsMismatch {
+    /// The paths, as SHA256SUMS lists them.
+    pub files: Vec<String>,
+}
+
 fn cache(dir: Option<PathBuf>) -> Result<Cache> {
     match dir {
         Some(d) => Cache::new(d),
@@ -172,12 +210,24 @@ fn cache(dir: Option<PathBuf>) -> Result<Cache> {
     }
 }
 
-/// `labimg build`.
-pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<()> {
+/// `labimg build`; with `json`, one [`report::BuildSummary`] object on stdout.
+pub fn build(profile: &Profile, opts: &BuildOptions, json: bool) -> Result<()> {
+    let start = Instant::now();
     let result = run_build(profile, opts)?;
-    println!("built {} in {}", profile.name, result.out_dir.display());
+    if json {
+        let manifest = Manifest::read(&result.out_dir)?;
+        let summary = report::BuildSummary::new(&manifest, &result, start.elapsed());
+        return print_json(&summary);
+    }
+    let mut out = stdout();
+    writeln!(
+        out,
+        "built {} in {}",
+        profile.name,
+        result.out_dir.display()
+    )?;
     for o in &result.outputs {
-        println!("  {:<40} {:>12}  {}", o.path, o.size, o.sha256);
+        writeln!(out, "  {:<40} {:>12}  {}", o.path, o.size, o.sha256)?;
     }
     Ok(())
 }
@@ -188,27 +238,30 @@ pub fn fetch(profile: &Profile, cache_dir: Option<PathBuf>, offline: bool) -> Re
     let (archive, resolved) =
         resolve_inputs(profile, target.as_ref(), cache(cache_dir)?.offline(offline))?;
     fetch_inputs(&archive, &resolved)?;
+    let mut out = stdout();
     for (what, res) in [
         ("kernel", &resolved.kernel),
         ("root filesystem", &resolved.root),
         ("boot partition", &resolved.boot),
     ] {
-        println!(
+        writeln!(
+            out,
             "# {what}: {} packages, {} KiB",
             res.packages.len(),
             res.download_size() >> 10
-        );
-        println!("{res}");
+        )?;
+        writeln!(out, "{res}")?;
     }
-    println!(
+    writeln!(
+        out,
         "all packages verified against the signed {} indexes",
         profile.suites().join(" + ")
-    );
+    )?;
     Ok(())
 }
 
-/// `labimg profile list`.
-pub fn profile_list(dir: &Path) -> Result<()> {
+/// `labimg profile list [--json]`.
+pub fn profile_list(dir: &Path, json: bool) -> Result<()> {
     let profiles = profile::list(dir);
     if profiles.is_empty() {
         bail!(
@@ -216,38 +269,84 @@ pub fn profile_list(dir: &Path) -> Result<()> {
             dir.display()
         );
     }
+    if json {
+        let listed: Vec<_> = profiles
+            .into_iter()
+            .map(|(name, description)| report::ListedProfile {
+                path: profile::profile_path(&name, dir).display().to_string(),
+                name,
+                description,
+            })
+            .collect();
+        return print_json(&listed);
+    }
+    let mut out = stdout();
     for (name, description) in profiles {
-        println!("{name:<16} {description}");
+        writeln!(out, "{name:<16} {description}")?;
     }
     Ok(())
 }
 
-/// `labimg profile show [--resolved]`.
-pub fn profile_show(name: &str, sets: &[String], dir: &Path, resolved: bool) -> Result<()> {
-    if resolved {
-        print!("{}", load_profile(name, sets, dir)?.resolved());
+/// `labimg profile show [--resolved] [--json]`.
+pub fn profile_show(
+    name: &str,
+    sets: &[String],
+    dir: &Path,
+    resolved: bool,
+    json: bool,
+) -> Result<()> {
+    let text = if resolved {
+        load_profile(name, sets, dir)?.resolved()
     } else {
         let path = profile::profile_path(name, dir);
-        print!(
-            "{}",
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?
-        );
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
+    };
+    if json {
+        let table: toml::Table = text
+            .parse()
+            .with_context(|| format!("parsing profile {name}"))?;
+        return print_json(&table);
     }
+    let mut out = stdout();
+    write!(out, "{text}")?;
+    out.flush()?;
     Ok(())
 }
 
-/// `labimg profile validate`: every problem of every profile, then one error.
-pub fn profile_validate(names: &[String], dir: &Path) -> Result<()> {
+/// `labimg profile validate [--json]`: every problem of every profile, then one error.
+pub fn profile_validate(names: &[String], dir: &Path, json: bool) -> Result<()> {
     let mut failed = Vec::new();
+    let mut checked = Vec::new();
     for name in names {
-        match profile::load(name, dir, &[]) {
-            Ok(_) => println!("{}: ok", profile::profile_path(name, dir).display()),
-            Err(e) => {
-                eprintln!("{e}");
-                failed.push((name.clone(), e));
+        let path = profile::profile_path(name, dir).display().to_string();
+        let problems = match profile::load(name, dir, &[]) {
+            Ok(_) => {
+                if !json {
+                    writeln!(stdout(), "{path}: ok")?;
+                }
+                Vec::new()
             }
-        }
+            Err(e) => {
+                if !json {
+                    eprintln!("{e}");
+                }
+                let problems = e.0.iter().map(report::ProblemJson::from).collect();
+                failed.push((name.clone(), e));
+                problems
+            }
+        };
+        checked.push(report::ValidatedProfile {
+            profile: name.clone(),
+            ok: problems.is_empty(),
+            path,
+            problems,
+        });
+    }
+    if json {
+        print_json(&report::Validation {
+            ok: failed.is_empty(),
+            profiles: checked,
+        })?;
     }
     if !failed.is_empty() {
         return Err(InvalidProfiles {
@@ -260,44 +359,31 @@ pub fn profile_validate(names: &[String], dir: &Path) -> Result<()> {
 }
 
 /// `labimg inspect`: summarize a build and check its SHA256SUMS; with a
-/// public key, first check that key's signature over SHA256SUMS.
-pub fn inspect(path: &Path, public_key: Option<&Path>) -> Result<()> {
+/// public key, first check that key's signature over SHA256SUMS. With `json`,
+/// one [`report::Inspection`] object, printed also when a file does not match.
+pub fn inspect(path: &Path, public_key: Option<&Path>, json: bool) -> Result<()> {
     let dir = if path.is_dir() {
         path
     } else {
         path.parent().unwrap_or(Path::new("."))
     };
     let m = Manifest::read(dir)?;
-    println!("profile   {} ({} / {})", m.profile, m.board, m.arch);
-    println!("kernel    {}", m.kernel_version);
-    println!("root      sha256 {}", m.root_image.sha256);
-    println!("k3s       {} ({})", m.k3s.version, m.k3s.source);
-    let sets = [
-        ("kernel", &m.inputs.kernel),
-        ("root", &m.inputs.root),
-        ("boot", &m.inputs.boot),
-    ];
-    for (set, resolution) in sets {
-        let n = resolution.packages.len();
-        println!("inputs    {set}: {n} Debian packages");
-    }
-    if let Some(cmd) = m.cmdline.get("a") {
-        println!("cmdline   {cmd}");
-    }
-    println!("root      dm-verity root hash {}", m.root_verity.root_hash);
     let sbom = dir.join(format!("{}.spdx.json", m.profile));
-    if sbom.exists() {
-        print!("{}", crate::sbom::summary(&sbom)?);
-    } else {
-        println!("sbom      none ({} is missing)", sbom.display());
+    let mut report = report::Inspection::new(&m, sbom.exists().then_some(sbom.as_path()));
+    let mut out = stdout();
+    if !json {
+        inspect_text(&mut out, &m, &sbom)?;
     }
     if let Some(key) = public_key {
         let pk = sign::load_public_key(key)?;
         sign::verify_signature(dir, &pk)?;
-        println!("signature SHA256SUMS signed by key {}", sign::key_id(&pk));
+        let key_id = sign::key_id(&pk);
+        if !json {
+            writeln!(out, "signature SHA256SUMS signed by key {key_id}")?;
+        }
+        report.signature = Some(report::Signature { key_id });
     }
     let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).context("reading SHA256SUMS")?;
-    let mut bad = Vec::new();
     for line in sums.lines() {
         let Some((want, file)) = line.split_once("  ") else {
             continue;
@@ -305,17 +391,59 @@ pub fn inspect(path: &Path, public_key: Option<&Path>) -> Result<()> {
         let ok = hash_file(&dir.join(file))
             .map(|(got, _)| got == want)
             .unwrap_or(false);
-        println!("{}  {file}", if ok { "ok " } else { "BAD" });
-        if !ok {
-            bad.push(file.to_owned());
+        if !json {
+            writeln!(out, "{}  {file}", if ok { "ok " } else { "BAD" })?;
         }
+        report.files.push(report::FileCheck {
+            path: file.to_owned(),
+            sha256: want.to_owned(),
+            ok,
+        });
+    }
+    let bad: Vec<String> = report
+        .files
+        .iter()
+        .filter(|f| !f.ok)
+        .map(|f| f.path.clone())
+        .collect();
+    report.ok = bad.is_empty();
+    if json {
+        drop(out);
+        print_json(&report)?;
     }
     if !bad.is_empty() {
-        bail!(
-            "{} output(s) do not match SHA256SUMS: {}",
-            bad.len(),
-            bad.join(", ")
-        );
+        return Err(OutputsMismatch { files: bad }.into());
+    }
+    Ok(())
+}
+
+/// The manifest part of `labimg inspect`'s text.
+fn inspect_text(out: &mut impl Write, m: &Manifest, sbom: &Path) -> Result<()> {
+    writeln!(out, "profile   {} ({} / {})", m.profile, m.board, m.arch)?;
+    writeln!(out, "kernel    {}", m.kernel_version)?;
+    writeln!(out, "root      sha256 {}", m.root_image.sha256)?;
+    writeln!(out, "k3s       {} ({})", m.k3s.version, m.k3s.source)?;
+    let sets = [
+        ("kernel", &m.inputs.kernel),
+        ("root", &m.inputs.root),
+        ("boot", &m.inputs.boot),
+    ];
+    for (set, resolution) in sets {
+        let n = resolution.packages.len();
+        writeln!(out, "inputs    {set}: {n} Debian packages")?;
+    }
+    if let Some(cmd) = m.cmdline.get("a") {
+        writeln!(out, "cmdline   {cmd}")?;
+    }
+    writeln!(
+        out,
+        "root      dm-verity root hash {}",
+        m.root_verity.root_hash
+    )?;
+    if sbom.exists() {
+        write!(out, "{}", crate::sbom::summary(sbom)?)?;
+    } else {
+        writeln!(out, "sbom      none ({} is missing)", sbom.display())?;
     }
     Ok(())
 }
@@ -323,11 +451,12 @@ pub fn inspect(path: &Path, public_key: Option<&Path>) -> Result<()> {
 /// `labimg sign <dir> --key <file>`: sign a build's SHA256SUMS in place.
 pub fn sign(dir: &Path, key: &Path) -> Result<()> {
     let sig = sign::sign_dir(dir, key)?;
-    println!(
+    writeln!(
+        stdout(),
         "signed {} → {}",
         dir.join(sign::SUMS_FILE).display(),
         sig.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -345,9 +474,14 @@ pub fn keygen(dir: &Path, encrypt: bool) -> Result<()> {
         ),
     };
     let keys = sign::generate_keypair(dir, protection)?;
-    println!("key id     {}", keys.id);
-    println!("secret key {} (keep it private)", keys.secret.display());
-    println!("public key {}", keys.public.display());
+    let mut out = stdout();
+    writeln!(out, "key id     {}", keys.id)?;
+    writeln!(
+        out,
+        "secret key {} (keep it private)",
+        keys.secret.display()
+    )?;
+    writeln!(out, "public key {}", keys.public.display())?;
     Ok(())
 }
 
@@ -365,7 +499,7 @@ mod tests {
         assert!(problems.0.iter().any(|p| p.message.contains("unknown key")));
         assert_eq!(format!("{e:#}"), problems.to_string());
 
-        let e = profile_validate(&["bad".into()], dir.path()).unwrap_err();
+        let e = profile_validate(&["bad".into()], dir.path(), false).unwrap_err();
         let invalid = e
             .downcast_ref::<InvalidProfiles>()
             .expect("InvalidProfiles");
