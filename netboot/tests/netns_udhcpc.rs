@@ -1,7 +1,9 @@
 //! Full DHCP mode against the real busybox `udhcpc`: two network namespaces joined
 //! by a veth pair, the appliance (this test binary re-run as a helper) in one, the
 //! client in the other. Checks a reservation with PXE boot parameters, pool
-//! addresses, and that leases survive a server restart (killed with SIGKILL).
+//! addresses, and that leases survive a server restart (killed with SIGKILL); and the
+//! IPv6 router advertisement against the real `rdisc6` (Debian's ndisc6): sent in full
+//! mode, not in proxy mode unless asked.
 
 mod common;
 
@@ -70,6 +72,9 @@ impl Lab {
             &lab.srv_if,
         ]);
         for (ns, ifc) in [(&lab.srv_ns, &lab.srv_if), (&lab.cli_ns, &lab.cli_if)] {
+            // Link-local addresses usable at once: no duplicate address detection wait.
+            let dad = format!("net.ipv6.conf.{ifc}.accept_dad=0");
+            run(&["ip", "netns", "exec", ns, "sysctl", "-qw", &dad]);
             run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
             run(&["ip", "-n", ns, "link", "set", ifc, "up"]);
         }
@@ -77,6 +82,11 @@ impl Lab {
     }
 
     fn start_server(&mut self) {
+        self.start_server_with(&[]);
+    }
+
+    /// Starts the server with `env` (`LABIMG_NETNS_HELPER_DHCP`, `…_RA`) on top.
+    fn start_server_with(&mut self, env: &[(&str, &str)]) {
         self.stop_server();
         let exe = std::env::current_exe().unwrap();
         let child = Command::new("ip")
@@ -85,6 +95,7 @@ impl Lab {
             .args(["--exact", "netns_server_helper", "--ignored", "--nocapture"])
             .env(HELPER_ENV, &self.dir)
             .env("LABIMG_NETNS_HELPER_IF", &self.srv_if)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("starting the server helper");
@@ -162,6 +173,99 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Solicits routers with `rdisc6` from the client side: its output when an
+    /// advertisement came, None when none did within three tries.
+    fn rdisc6(&self) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.cli_ns, "timeout", "20", "rdisc6"])
+            .args(["-1", "-n", "-r", "4", "-w", "1500", &self.cli_if])
+            .output()
+            .expect("running rdisc6");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until the server answers HTTP, so it has bound every socket.
+    fn wait_for_server(&self) {
+        for _ in 0..100 {
+            let ok = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.cli_ns,
+                    "curl",
+                    "-sf",
+                    "--max-time",
+                    "1",
+                ])
+                .arg("http://10.9.0.1:8080/healthz")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the server never answered /healthz");
+    }
+}
+
+#[test]
+fn router_advertisement_in_full_mode_only_unless_asked() {
+    let f = common::fixture(8080);
+    let mut lab = Lab::new(f.dir.path());
+    run(&[
+        "ip",
+        "-n",
+        &lab.cli_ns,
+        "addr",
+        "add",
+        "10.9.0.2/24",
+        "dev",
+        &lab.cli_if,
+    ]);
+
+    lab.start_server();
+    lab.wait_for_server();
+    let ra = lab
+        .rdisc6()
+        .expect("full mode answers a router solicitation");
+    // rdisc6 prints each field as "name : value"; the advertisement configures nothing.
+    let field = |name: &str| {
+        ra.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in rdisc6 output:\n{ra}"))
+    };
+    assert!(field("Router lifetime").starts_with("0 "), "{ra}");
+    assert_eq!(field("Stateful address conf."), "No", "{ra}");
+    assert_eq!(field("Stateful other conf."), "No", "{ra}");
+    assert!(!ra.contains("Prefix"), "no prefix is announced: {ra}");
+    assert!(!ra.contains("MTU"), "{ra}");
+
+    lab.start_server_with(&[("LABIMG_NETNS_HELPER_DHCP", "proxy")]);
+    lab.wait_for_server();
+    assert_eq!(
+        lab.rdisc6(),
+        None,
+        "proxy mode sends no advertisement by default"
+    );
+
+    lab.start_server_with(&[
+        ("LABIMG_NETNS_HELPER_DHCP", "proxy"),
+        ("LABIMG_NETNS_HELPER_RA", "on"),
+    ]);
+    lab.wait_for_server();
+    let ra = lab
+        .rdisc6()
+        .expect("--router-advert on answers in proxy mode");
+    assert!(ra.contains("Router lifetime"), "{ra}");
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop_server();
@@ -225,11 +329,13 @@ fn netns_server_helper() {
         std::env::var(HELPER_ENV).expect("run by full_mode_with_real_udhcpc_in_netns"),
     );
     let iface = std::env::var("LABIMG_NETNS_HELPER_IF").unwrap();
+    let env_or = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let opts = labimg_netboot::ServeOptions {
         images: dir.join("images"),
         inventory: dir.join("inventory.toml"),
         interface: Some(iface),
-        dhcp: labimg_netboot::DhcpMode::Full,
+        dhcp: env_or("LABIMG_NETNS_HELPER_DHCP", "full").parse().unwrap(),
+        router_advert: env_or("LABIMG_NETNS_HELPER_RA", "auto").parse().unwrap(),
         http_addr: "10.9.0.1:8080".parse().unwrap(),
         tftp_addr: "10.9.0.1:69".parse().unwrap(),
         pool_start: Some("10.9.0.100".parse().unwrap()),
