@@ -15,6 +15,7 @@ pub mod ipxe;
 pub mod logs;
 pub mod metrics;
 pub mod net;
+pub mod ra;
 pub mod tftp;
 pub mod tokens;
 pub mod verify;
@@ -34,16 +35,16 @@ pub use dhcp::DhcpMode;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeOptions {
     /// Build output folder holding <profile>/netboot/ and <profile>/nodes/.
-    #[arg(long, default_value = "images")]
+    #[arg(long, default_value = "images", env = "LABIMG_IMAGES")]
     pub images: PathBuf,
     /// Inventory of nodes (TOML; reloaded when it changes).
-    #[arg(long)]
+    #[arg(long, env = "LABIMG_INVENTORY")]
     pub inventory: PathBuf,
     /// Interface to serve on (binds DHCP to it; gives the advertised address).
-    #[arg(long)]
+    #[arg(long, env = "LABIMG_INTERFACE")]
     pub interface: Option<String>,
     /// DHCP mode: proxy (answer PXE clients only, beside the home router), full, or off.
-    #[arg(long, default_value = "proxy")]
+    #[arg(long, default_value = "proxy", env = "LABIMG_DHCP")]
     pub dhcp: DhcpMode,
     /// Address the DHCP sockets bind to.
     #[arg(skip = Ipv4Addr::UNSPECIFIED)]
@@ -58,28 +59,28 @@ pub struct ServeOptions {
     #[arg(skip = 68u16)]
     pub dhcp_client_port: u16,
     /// HTTP listen address.
-    #[arg(long, default_value = "0.0.0.0:80")]
+    #[arg(long, default_value = "0.0.0.0:80", env = "LABIMG_HTTP_ADDR")]
     pub http_addr: SocketAddr,
     /// TFTP listen address (port 0 turns TFTP off).
-    #[arg(long, default_value = "0.0.0.0:69")]
+    #[arg(long, default_value = "0.0.0.0:69", env = "LABIMG_TFTP_ADDR")]
     pub tftp_addr: SocketAddr,
     /// Address put in DHCP replies and URLs (default: the interface's).
-    #[arg(long)]
+    #[arg(long, env = "LABIMG_ADVERTISE")]
     pub advertise: Option<Ipv4Addr>,
     /// Full DHCP: first address of the pool.
-    #[arg(long)]
+    #[arg(long, env = "LABIMG_POOL_START")]
     pub pool_start: Option<Ipv4Addr>,
     /// Full DHCP: last address of the pool.
-    #[arg(long)]
+    #[arg(long, env = "LABIMG_POOL_END")]
     pub pool_end: Option<Ipv4Addr>,
     /// Full mode: subnet mask handed out (255.255.255.0).
     #[arg(skip = Ipv4Addr::new(255, 255, 255, 0))]
     pub subnet_mask: Ipv4Addr,
     /// Full DHCP: router to hand out.
-    #[arg(long)]
+    #[arg(long, env = "LABIMG_ROUTER")]
     pub router: Option<Ipv4Addr>,
     /// Full DHCP: DNS servers to hand out (repeatable).
-    #[arg(long)]
+    #[arg(long, env = "LABIMG_DNS", value_delimiter = ',')]
     pub dns: Vec<Ipv4Addr>,
     /// Full mode: lease time in seconds (3600).
     #[arg(skip = 3600u32)]
@@ -88,19 +89,24 @@ pub struct ServeOptions {
     #[arg(skip)]
     pub lease_file: Option<PathBuf>,
     /// State folder for leases and per-node tokens.
-    #[arg(long, default_value = "/var/lib/labimg")]
+    #[arg(long, default_value = "/var/lib/labimg", env = "LABIMG_STATE_DIR")]
     pub state_dir: PathBuf,
     /// iPXE binaries (default: <images>/ipxe as it is when it holds all of them, else
     /// <state-dir>/ipxe, fetched from Debian; the images folder is never written).
-    #[arg(long)]
+    #[arg(long, env = "LABIMG_IPXE_DIR")]
     pub ipxe_dir: Option<PathBuf>,
     /// Most concurrent TFTP transfers (64).
     #[arg(skip = 64usize)]
     pub tftp_max_transfers: usize,
     /// Serve only profiles whose SHA256SUMS this minisign public key signed and whose
     /// netboot files match it (default: no check, with a warning).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "LABIMG_PUBLIC_KEY")]
     pub public_key: Option<PathBuf>,
+    /// IPv6 router advertisements that configure nothing (lifetime 0, no prefix), sent
+    /// so iPXE and UEFI firmware stop waiting for an IPv6 router: auto (in full DHCP
+    /// mode only), on, or off. Needs --interface.
+    #[arg(long, default_value = "auto", env = "LABIMG_ROUTER_ADVERT")]
+    pub router_advert: ra::RouterAdvert,
     /// Key file shared by replicas: per-node tokens and k3s node passwords are derived
     /// from it (HMAC-SHA256) instead of kept at random per server, so any replica
     /// serves a node's config. `once = true` nodes then need a single replica.
@@ -142,6 +148,7 @@ impl Default for ServeOptions {
             ipxe_dir: None,
             tftp_max_transfers: 64,
             public_key: None,
+            router_advert: ra::RouterAdvert::Auto,
             token_key: None,
             drain_timeout: 30,
         }
@@ -331,6 +338,7 @@ pub async fn serve_async(opts: ServeOptions) -> Result<()> {
         let server = dhcp::DhcpServer::bind(&opts, shared.clone()).await?;
         tasks.spawn(async move { server.run().await });
     }
+    ra::spawn(&opts, &mut tasks)?;
     tokio::select! {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
