@@ -250,6 +250,10 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         root_verity: root.verity.clone(),
         k3s,
         nodes,
+        releases: archive
+            .releases()
+            .map(|(suite, r)| manifest::ReleaseRecord::new(suite, r))
+            .collect(),
         inputs: manifest::ManifestInputs {
             kernel: resolved.kernel.clone(),
             root: resolved.root.clone(),

@@ -39,7 +39,7 @@ use anyhow::{Context, Result};
 pub use cache::{Cache, Download, HashMismatch};
 pub use deb::{deb_control, extract_deb};
 pub use keys::{Keyring, SignatureError};
-pub use release::Release;
+pub use release::{Release, ValidUntil};
 pub use resolve::{Resolution, ResolvedPackage};
 pub use version::Version;
 
@@ -90,18 +90,40 @@ impl Archive {
     /// Fetches and verifies `InRelease` and the `main` Packages of each suite
     /// (earlier suites are preferred when resolving).
     pub fn open(mirror: &str, suites: &[String], arch: &str, cache: Cache) -> Result<Archive> {
+        Self::open_with(mirror, suites, arch, cache, ValidUntil::Enforce)
+    }
+
+    /// [`Archive::open`] with `Valid-Until` treated as `valid_until` says.
+    pub fn open_with(
+        mirror: &str,
+        suites: &[String],
+        arch: &str,
+        cache: Cache,
+        valid_until: ValidUntil,
+    ) -> Result<Archive> {
         let sources = suites.iter().map(|s| Source::new(mirror, s)).collect();
-        Self::open_sources(sources, arch, cache)
+        Self::open_sources_with(sources, arch, cache, valid_until)
     }
 
     /// Like [`Archive::open`] with explicit sources (several mirrors or components).
     pub fn open_sources(sources: Vec<Source>, arch: &str, cache: Cache) -> Result<Archive> {
+        Self::open_sources_with(sources, arch, cache, ValidUntil::Enforce)
+    }
+
+    /// Like [`Archive::open_sources`], with each `InRelease`'s `Valid-Until`
+    /// treated as `valid_until` says (signatures are always required).
+    pub fn open_sources_with(
+        sources: Vec<Source>,
+        arch: &str,
+        cache: Cache,
+        valid_until: ValidUntil,
+    ) -> Result<Archive> {
         let keyring = Keyring::debian()?;
         let mut releases = Vec::new();
         let mut suites = Vec::new();
         for src in &sources {
             let start = std::time::Instant::now();
-            let release = fetch_release(&cache, src, &keyring)?;
+            let release = fetch_release_with(&cache, src, &keyring, valid_until)?;
             let mut pkgs = Vec::new();
             for comp in &src.components {
                 pkgs.extend(fetch_packages(&cache, src, &release, comp, arch)?);
@@ -185,22 +207,42 @@ impl Archive {
 /// the copy kept by the last online run), verifies its signature against
 /// `keyring` and its `Valid-Until`, and parses it.
 pub fn fetch_release(cache: &Cache, src: &Source, keyring: &Keyring) -> Result<Release> {
+    fetch_release_with(cache, src, keyring, ValidUntil::Enforce)
+}
+
+/// [`fetch_release`] with `Valid-Until` treated as `valid_until` says.
+pub fn fetch_release_with(
+    cache: &Cache,
+    src: &Source,
+    keyring: &Keyring,
+    valid_until: ValidUntil,
+) -> Result<Release> {
     let url = format!("{}/InRelease", src.dists_url());
     cache.get_release(&url, |bytes| {
-        verify_release(bytes, keyring).with_context(|| format!("verifying {url}"))
+        verify_release_with(bytes, keyring, valid_until).with_context(|| format!("verifying {url}"))
     })
 }
 
 /// Verifies and parses the bytes of an `InRelease` file.
 pub fn verify_release(bytes: &[u8], keyring: &Keyring) -> Result<Release> {
+    verify_release_with(bytes, keyring, ValidUntil::Enforce)
+}
+
+/// [`verify_release`] with `Valid-Until` treated as `valid_until` says:
+/// the signature is checked first either way.
+pub fn verify_release_with(
+    bytes: &[u8],
+    keyring: &Keyring,
+    valid_until: ValidUntil,
+) -> Result<Release> {
     let text = std::str::from_utf8(bytes).context("InRelease is not UTF-8")?;
     let (signed, signer) = keyring.verify_cleartext(text)?;
-    let release = Release::parse(&signed)?;
+    let mut release = Release::parse(&signed)?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    release.check_fresh(now)?;
+    release.check_valid_until(now, valid_until)?;
     tracing::debug!(suite = %release.codename, signer, "InRelease signature verified");
     Ok(release)
 }

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::debian::{Archive, Cache, FetchedPackage, Resolution};
+use crate::debian::{Archive, Cache, FetchedPackage, Resolution, ValidUntil};
 use crate::profile::Profile;
 use crate::target::Target;
 
@@ -86,13 +86,24 @@ pub fn resolve_inputs(
     cache: Cache,
 ) -> Result<(Archive, Resolved)> {
     let arch = profile.target.arch.as_str();
-    let archive = Archive::open(&profile.debian.mirror, profile.suites(), arch, cache)
-        .with_context(|| {
-            format!(
-                "opening the Debian archive {} for {arch}",
-                profile.debian.mirror
-            )
-        })?;
+    let valid_until = if profile.debian.check_valid_until {
+        ValidUntil::Enforce
+    } else {
+        ValidUntil::Skip
+    };
+    let archive = Archive::open_with(
+        &profile.debian.mirror,
+        profile.suites(),
+        arch,
+        cache,
+        valid_until,
+    )
+    .with_context(|| {
+        format!(
+            "opening the Debian archive {} for {arch}",
+            profile.debian.mirror
+        )
+    })?;
     let kernel_req = profile.kernel_package().to_owned();
     let kernel = archive
         .resolve(std::slice::from_ref(&kernel_req))

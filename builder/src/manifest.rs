@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::artifact::hash_file;
-use crate::debian::Resolution;
+use crate::debian::{Release, Resolution};
 
 /// One output file, relative to the output directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,8 +57,62 @@ pub struct Manifest {
     pub root_verity: crate::verity::Verity,
     pub k3s: K3sInfo,
     pub nodes: Vec<String>,
+    /// The signed `InRelease` of each suite the build read, and how its
+    /// `Valid-Until` was checked. Empty in manifests written before it was recorded.
+    #[serde(default)]
+    pub releases: Vec<ReleaseRecord>,
     pub inputs: ManifestInputs,
     pub outputs: Vec<OutputFile>,
+}
+
+/// One suite's verified `InRelease`, as `manifest.json` records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReleaseRecord {
+    /// The suite as the profile names it (`trixie-backports`).
+    pub suite: String,
+    pub codename: String,
+    /// `Date`, seconds since 1970.
+    pub date: Option<u64>,
+    /// `Valid-Until`, seconds since 1970 (stable releases have none).
+    pub valid_until: Option<u64>,
+    /// `enforced` (refused once past), or `skipped` (accepted on its
+    /// signature alone, see `valid_until_skipped_because`).
+    pub valid_until_check: String,
+    /// Why the check was skipped and whether `Valid-Until` had passed when the
+    /// build read the release; absent when the check was enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until_skipped_because: Option<String>,
+}
+
+impl ReleaseRecord {
+    /// The record of `release`, read for `suite` (see [`Release::valid_until_skipped`]).
+    pub fn new(suite: &str, release: &Release) -> ReleaseRecord {
+        let because = release.valid_until_skipped.map(|past| {
+            let state = match (release.valid_until, past) {
+                (None, _) => "it has no Valid-Until".to_owned(),
+                (Some(_), 0) => "Valid-Until had not passed yet".to_owned(),
+                (Some(_), p) => format!(
+                    "Valid-Until had passed {} ({p} s) before the build read it",
+                    crate::debian::release::human_duration(p)
+                ),
+            };
+            format!("the profile sets debian.check-valid-until = false; {state}")
+        });
+        ReleaseRecord {
+            suite: suite.to_owned(),
+            codename: release.codename.clone(),
+            date: release.date,
+            valid_until: release.valid_until,
+            valid_until_check: if because.is_some() {
+                "skipped"
+            } else {
+                "enforced"
+            }
+            .to_owned(),
+            valid_until_skipped_because: because,
+        }
+    }
 }
 
 /// The Debian packages of each part of the image, as resolved.

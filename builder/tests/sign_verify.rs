@@ -74,6 +74,7 @@ fn manifest() -> Manifest {
             matches_pin: None,
         },
         nodes: Vec::new(),
+        releases: Vec::new(),
         inputs: ManifestInputs {
             kernel: none(),
             root: none(),

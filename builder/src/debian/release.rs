@@ -33,6 +33,22 @@ pub struct Release {
     pub all_in_arch_packages: bool,
     /// Index files by path relative to `dists/<suite>/`.
     pub files: BTreeMap<String, IndexFile>,
+    /// Set by [`Release::check_valid_until`] when the release was accepted
+    /// under [`ValidUntil::Skip`]: seconds its `Valid-Until` had passed by
+    /// then (0 when it had not passed, or it has none).
+    pub valid_until_skipped: Option<u64>,
+}
+
+/// What to do with an `InRelease` whose `Valid-Until` has passed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ValidUntil {
+    /// Refuse it, as apt does by default.
+    #[default]
+    Enforce,
+    /// Accept it, with its signature still required (apt's
+    /// `Check-Valid-Until=no`): for air-gapped builds from the copy an online
+    /// run kept, and for snapshot mirrors whose releases expired long ago.
+    Skip,
 }
 
 impl Release {
@@ -92,6 +108,7 @@ impl Release {
                 .iter()
                 .any(|s| s == "Packages"),
             files,
+            valid_until_skipped: None,
         })
     }
 
@@ -109,6 +126,44 @@ impl Release {
             );
         }
         Ok(())
+    }
+
+    /// Applies `policy` to `Valid-Until` at `now`: [`Release::check_fresh`]
+    /// under [`ValidUntil::Enforce`]; under [`ValidUntil::Skip`] it accepts,
+    /// warns and records in [`Release::valid_until_skipped`] how long ago the
+    /// release expired. Only call it on a release whose signature verified.
+    pub fn check_valid_until(&mut self, now: u64, policy: ValidUntil) -> Result<()> {
+        if policy == ValidUntil::Enforce {
+            return self.check_fresh(now);
+        }
+        let past = self.valid_until.map_or(0, |u| now.saturating_sub(u));
+        if past > 0 {
+            tracing::warn!(
+                "InRelease of {} expired {} ago (Valid-Until {}); accepted on its signature alone \
+                 because the profile sets debian.check-valid-until = false",
+                self.codename,
+                human_duration(past),
+                self.valid_until.unwrap_or_default()
+            );
+        } else {
+            tracing::warn!(
+                "InRelease of {}: Valid-Until is not checked (debian.check-valid-until = false)",
+                self.codename
+            );
+        }
+        self.valid_until_skipped = Some(past);
+        Ok(())
+    }
+}
+
+/// `3 d 4 h`, `5 h 2 min`, `40 s`: how long a release has been expired.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m) = (secs / 86400, secs % 86400 / 3600, secs % 3600 / 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{secs} s"),
+        (0, 0, m) => format!("{m} min"),
+        (0, h, m) => format!("{h} h {m} min"),
+        (d, h, _) => format!("{d} d {h} h"),
     }
 }
 
@@ -202,5 +257,25 @@ mod tests {
         let until = r.valid_until.unwrap();
         assert!(r.check_fresh(until - 1).is_ok());
         assert!(r.check_fresh(until + 1).is_err());
+
+        let mut enforced = r.clone();
+        assert!(
+            enforced
+                .check_valid_until(until + 1, ValidUntil::Enforce)
+                .is_err()
+        );
+        assert_eq!(enforced.valid_until_skipped, None);
+        let mut skipped = r.clone();
+        skipped
+            .check_valid_until(until + 3 * 86400 + 7200, ValidUntil::Skip)
+            .unwrap();
+        assert_eq!(skipped.valid_until_skipped, Some(3 * 86400 + 7200));
+        let mut fresh = r.clone();
+        fresh
+            .check_valid_until(until - 5, ValidUntil::Skip)
+            .unwrap();
+        assert_eq!(fresh.valid_until_skipped, Some(0));
+        assert_eq!(human_duration(3 * 86400 + 7200), "3 d 2 h");
+        assert_eq!(human_duration(59), "59 s");
     }
 }

@@ -56,6 +56,7 @@ impl Default for Debian {
             mirror: DEBIAN_MIRROR.into(),
             suites: vec!["trixie".into()],
             packages: Vec::new(),
+            check_valid_until: true,
         }
     }
 }

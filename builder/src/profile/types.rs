@@ -228,6 +228,20 @@ pub struct Debian {
     pub suites: Vec<String>,
     /// Extra packages to install, apt style: `name`, `name/suite` or `name=version`.
     pub packages: Vec<String>,
+    /// Refuse a suite whose signed `InRelease` is past its `Valid-Until` (apt's
+    /// default; it stops a mirror from replaying an old release). `false` is apt's
+    /// `Check-Valid-Until=no`, for air-gapped builds (`--offline`) from the copy the
+    /// last online run kept and for snapshot mirrors: the signature is still
+    /// required, the build warns, and `manifest.json` records the skipped check
+    /// (`releases[].valid-until-check`) and why. Shown in a resolved profile only when `false`.
+    #[serde(skip_serializing_if = "is_true")]
+    #[schemars(extend("default" = true))]
+    pub check_valid_until: bool,
+}
+
+/// For `skip_serializing_if` on keys whose default is `true`.
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// `[kernel]`: the kernel package and what its initramfs must carry.
