@@ -24,12 +24,11 @@ pub const STDOUT_CLOSED: u8 = 141;
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0    success
-  1    any other error (I/O, network, a host tool failed)
+  1    other error (I/O, network, a host tool failed)
   2    usage error (unknown flag, missing or malformed argument)
-  3    profile problem (does not load or validate; every problem is on stderr)
-  4    verification failure (SHA256SUMS or its signature, an InRelease signature,
-       a package hash)
-  141  standard output closed early (`labimg … | head`); nothing is printed on stderr";
+  3    profile problem (a profile does not load or validate)
+  4    verification failed (SHA256SUMS or a signature, a package hash)
+  141  standard output closed early (`labimg … | head`)";
 
 /// The exit status for an error that ended a command: the first cause in its
 /// chain that is a profile or verification error decides, else [`OTHER`].
