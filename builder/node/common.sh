@@ -20,6 +20,9 @@
 # the functions stay usable from a test shell. /dev/console is the last console= on
 # the command line (a serial port); with console=tty0 before it (Proxmox images) the
 # lines also go to the display, where noVNC shows them.
+# Lines said before stage 2 starts syslogd wait in EARLY_LOG (/run survives the
+# switch_root) until start_logging replays them into the persisted log.
+EARLY_LOG=/run/labimg/early.log
 labimg_say() {
 	if [ -c /dev/console ] && [ -w /dev/console ]; then
 		printf '%s\n' "$*" >/dev/console 2>/dev/null || printf '%s\n' "$*" >&2
@@ -35,10 +38,13 @@ labimg_say() {
 	if [ "$LB_TTY0" = yes ] && [ -c /dev/tty0 ]; then
 		printf '%s\n' "$*" >/dev/tty0 2>/dev/null
 	fi
-	# Into the persisted log too, once stage 2 runs syslogd (its socket is there).
+	# Into the persisted log too, once stage 2 runs syslogd (its socket is there);
+	# before that into EARLY_LOG.
 	if [ -S /dev/log ]; then
 		labimg_said=$*
 		logger -t labimg -- "${labimg_said#labimg: }" 2>/dev/null
+	elif [ -d "${EARLY_LOG%/*}" ]; then
+		printf '%s\n' "$*" >>"$EARLY_LOG" 2>/dev/null
 	fi
 }
 
