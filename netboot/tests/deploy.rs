@@ -1,7 +1,12 @@
 //! The shipped deployment files (`netboot/deploy/`): the systemd unit passes
 //! `systemd-analyze verify` and a sandboxing threshold, and the unit, the Containerfile
 //! and the podman command in the README agree on read-only images and one writable
-//! state folder, with no `--ipxe-dir` needed.
+//! state folder, with no `--ipxe-dir` needed; the Kubernetes base
+//! (`deploy/kubernetes/`) renders to objects that validate against the Kubernetes
+//! v1.36 JSON schemas (`tests/fixtures/k8s-schemas/`) and keep its security and
+//! wiring promises, and seeded mistakes fail both checks.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -266,5 +271,491 @@ fn readme_podman_command_matches_the_containerfile() {
     assert!(words.contains(&"serve"), "{cmd}");
     for cap in ["NET_BIND_SERVICE", "NET_RAW"] {
         assert!(words.contains(&cap), "--cap-add {cap}");
+    }
+}
+
+// ---- The kustomize base (deploy/kubernetes/) ----
+
+/// The base's folder.
+fn kube_dir() -> PathBuf {
+    deploy("kubernetes")
+}
+
+fn yaml_file(p: &Path) -> serde_json::Value {
+    serde_saphyr::from_str(&read(p)).unwrap_or_else(|e| panic!("parsing {}: {e}", p.display()))
+}
+
+/// Renders the base as `kustomize build` does for the features it uses (kubectl
+/// and kustomize are not Debian packages, so the test resolves the base itself):
+/// every file of `resources`, the `configMapGenerator` ConfigMaps (name hashes
+/// off), `namespace` on namespaced objects and `labels` on every object's
+/// metadata. A key of kustomization.yaml this resolver does not know is an error,
+/// so the base cannot grow a feature the test would silently skip.
+fn kustomize_build(dir: &Path) -> Vec<serde_json::Value> {
+    use serde_json::{Value, json};
+    let k = yaml_file(&dir.join("kustomization.yaml"));
+    let known = [
+        "apiVersion",
+        "kind",
+        "namespace",
+        "resources",
+        "configMapGenerator",
+        "generatorOptions",
+        "labels",
+    ];
+    for key in k
+        .as_object()
+        .expect("kustomization.yaml is a mapping")
+        .keys()
+    {
+        assert!(
+            known.contains(&key.as_str()),
+            "kustomization.yaml: {key} is not resolved by this test"
+        );
+    }
+    assert_eq!(k["apiVersion"], "kustomize.config.k8s.io/v1beta1");
+    assert_eq!(k["kind"], "Kustomization");
+    let mut objects = Vec::new();
+    for r in k["resources"].as_array().expect("resources: a list") {
+        let file = dir.join(r.as_str().unwrap());
+        assert!(file.is_file(), "resource {} is not a file", file.display());
+        objects.push(yaml_file(&file));
+    }
+    if let Some(gens) = k.get("configMapGenerator") {
+        assert_eq!(
+            k["generatorOptions"]["disableNameSuffixHash"],
+            json!(true),
+            "this resolver does not compute kustomize's name hashes"
+        );
+        for g in gens.as_array().unwrap() {
+            let mut data = serde_json::Map::new();
+            for f in g["files"].as_array().unwrap() {
+                let f = f.as_str().unwrap();
+                assert!(!f.contains('='), "key=file entries are not resolved");
+                let name = Path::new(f).file_name().unwrap().to_str().unwrap();
+                data.insert(name.to_owned(), Value::String(read(&dir.join(f))));
+            }
+            objects.push(json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": g["name"]},
+                "data": data,
+            }));
+        }
+    }
+    for o in &mut objects {
+        if let Some(ns) = k.get("namespace")
+            && o["kind"] != "Namespace"
+        {
+            o["metadata"]["namespace"] = ns.clone();
+        }
+        for l in k["labels"].as_array().into_iter().flatten() {
+            assert_ne!(
+                l["includeSelectors"],
+                json!(true),
+                "selector labels are not resolved"
+            );
+            for (key, v) in l["pairs"].as_object().unwrap() {
+                o["metadata"]["labels"][key] = v.clone();
+            }
+        }
+    }
+    objects
+}
+
+/// The Kubernetes v1.36 JSON schema of an object's kind (fixtures/k8s-schemas,
+/// sources in its README.md); a kind without one is an error.
+fn k8s_schema(obj: &serde_json::Value) -> jsonschema::Validator {
+    let file = match (obj["apiVersion"].as_str(), obj["kind"].as_str()) {
+        (Some("apps/v1"), Some("DaemonSet")) => "daemonset-apps-v1.json",
+        (Some("v1"), Some("ConfigMap")) => "configmap-v1.json",
+        (Some("v1"), Some("Namespace")) => "namespace-v1.json",
+        other => panic!("no schema fixture for {other:?}"),
+    };
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/k8s-schemas")
+        .join(file);
+    let schema: serde_json::Value = serde_json::from_str(&read(&p)).unwrap();
+    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// Every schema violation of every object, as `kind/name: path: message`.
+fn schema_problems(objects: &[serde_json::Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in objects {
+        let v = k8s_schema(o);
+        for e in v.iter_errors(o) {
+            out.push(format!(
+                "{}/{}: {}: {e}",
+                o["kind"],
+                o["metadata"]["name"],
+                e.instance_path()
+            ));
+        }
+    }
+    out
+}
+
+fn the_daemonset(objects: &[serde_json::Value]) -> &serde_json::Value {
+    let ds: Vec<_> = objects
+        .iter()
+        .filter(|o| o["kind"] == "DaemonSet")
+        .collect();
+    assert_eq!(ds.len(), 1, "one DaemonSet");
+    ds[0]
+}
+
+/// What the base promises beyond the schema, as a list of broken promises:
+/// host network, only NET_BIND_SERVICE and NET_RAW, the inventory from the
+/// ConfigMap (as a folder, so edits arrive), images read-only, state writable on
+/// a volume that outlives the pod, the Prometheus annotations and the liveness
+/// probe on serve's own HTTP address, and the arguments are ones serve accepts.
+fn policy_problems(objects: &[serde_json::Value]) -> Vec<String> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: labimg_netboot::ServeOptions,
+    }
+    let mut bad = Vec::new();
+    let ds = the_daemonset(objects);
+    let pod = &ds["spec"]["template"];
+    let spec = &pod["spec"];
+    if spec["hostNetwork"] != true {
+        bad.push("hostNetwork is not true".to_owned());
+    }
+    let c = &spec["containers"][0];
+    let sc = &c["securityContext"];
+    let strs = |v: &serde_json::Value| -> Vec<String> {
+        let mut s: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect();
+        s.sort();
+        s
+    };
+    if strs(&sc["capabilities"]["drop"]) != ["ALL"] {
+        bad.push(format!("capabilities.drop {}", sc["capabilities"]["drop"]));
+    }
+    if strs(&sc["capabilities"]["add"]) != ["NET_BIND_SERVICE", "NET_RAW"] {
+        bad.push(format!("capabilities.add {}", sc["capabilities"]["add"]));
+    }
+    for (key, want) in [
+        ("allowPrivilegeEscalation", false),
+        ("readOnlyRootFilesystem", true),
+    ] {
+        if sc[key] != want {
+            bad.push(format!("securityContext.{key} is not {want}"));
+        }
+    }
+    if sc.get("privileged").is_some_and(|p| p != false) {
+        bad.push("privileged".to_owned());
+    }
+
+    let mut args = vec!["labimg".to_owned()];
+    let words: Vec<String> = c["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| a.as_str().unwrap_or_default().to_owned())
+        .collect();
+    if words.first().map(String::as_str) != Some("serve") {
+        bad.push(format!("args do not start with serve: {words:?}"));
+        return bad;
+    }
+    args.extend(words[1..].iter().cloned());
+    let opts = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli.serve,
+        Err(e) => {
+            bad.push(format!("labimg serve refuses the args {args:?}: {e}"));
+            return bad;
+        }
+    };
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == name)
+            .cloned()
+    };
+    match env("LABIMG_ADVERTISE") {
+        Some(e) if e["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP" => {}
+        _ if opts.advertise.is_some() || opts.interface.is_some() => {}
+        _ => bad.push("no advertised address: LABIMG_ADVERTISE from status.hostIP".into()),
+    }
+
+    // mount path -> (volume, read-only)
+    let volume = |name: &serde_json::Value| {
+        spec["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| &v["name"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mount_of = |path: &Path| {
+        c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| path.starts_with(m["mountPath"].as_str().unwrap_or("?")))
+            .max_by_key(|m| m["mountPath"].as_str().unwrap_or_default().len())
+            .cloned()
+    };
+    let check = |bad: &mut Vec<String>, what: &str, path: &Path, read_only: bool| {
+        let Some(m) = mount_of(path) else {
+            bad.push(format!("{what} {} is on no volume", path.display()));
+            return None;
+        };
+        if (m["readOnly"] == true) != read_only {
+            bad.push(format!(
+                "{what} {} mounted readOnly={} (want {read_only})",
+                path.display(),
+                m["readOnly"]
+            ));
+        }
+        Some((m.clone(), volume(&m["name"])))
+    };
+    if let Some((_, v)) = check(&mut bad, "images", &opts.images, true)
+        && v.get("hostPath").is_none()
+        && v.get("persistentVolumeClaim").is_none()
+    {
+        bad.push(format!("images volume is not a hostPath or PVC: {v}"));
+    }
+    if let Some((m, v)) = check(&mut bad, "inventory", &opts.inventory, true) {
+        let cm = v["configMap"]["name"].as_str().unwrap_or_default();
+        let listed = objects
+            .iter()
+            .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == cm);
+        let key = opts.inventory.file_name().unwrap().to_str().unwrap();
+        match listed {
+            None => bad.push(format!(
+                "inventory volume is not a ConfigMap of the base: {v}"
+            )),
+            Some(o) => match o["data"][key].as_str() {
+                None => bad.push(format!("ConfigMap {cm} has no {key}")),
+                Some(text) => {
+                    if let Err(e) =
+                        labimg_netboot::inventory::Inventory::parse(text, Path::new(key))
+                    {
+                        bad.push(format!("ConfigMap {cm}'s {key} does not load: {e:#}"));
+                    }
+                }
+            },
+        }
+        if m.get("subPath").is_some() {
+            bad.push("inventory mounted with subPath: ConfigMap edits would never arrive".into());
+        }
+    }
+    if let Some((_, v)) = check(&mut bad, "state", &opts.state_dir, false)
+        && v.get("hostPath").is_none()
+        && v.get("persistentVolumeClaim").is_none()
+    {
+        bad.push(format!("state volume does not outlive the pod: {v}"));
+    }
+    if let Some(cache) = env("LABIMG_CACHE")
+        && !Path::new(cache["value"].as_str().unwrap_or_default()).starts_with(&opts.state_dir)
+    {
+        bad.push(format!("LABIMG_CACHE {cache} outside the state folder"));
+    }
+
+    let port = opts.http_addr.port();
+    let ann = &pod["metadata"]["annotations"];
+    for (k, want) in [
+        ("prometheus.io/scrape", "true".to_owned()),
+        ("prometheus.io/port", port.to_string()),
+        ("prometheus.io/path", "/metrics".to_owned()),
+    ] {
+        if ann[k] != want.as_str() {
+            bad.push(format!("annotation {k} is {} (want {want})", ann[k]));
+        }
+    }
+    let probe = &c["livenessProbe"]["httpGet"];
+    if probe["path"] != "/healthz" || probe["port"] != port {
+        bad.push(format!(
+            "livenessProbe is not GET /healthz on {port}: {probe}"
+        ));
+    }
+    bad
+}
+
+/// The base renders to objects that validate against the Kubernetes v1.36
+/// schemas and keep the promises of [`policy_problems`]; its state folder is the
+/// Containerfile's volume.
+#[test]
+fn kubernetes_base_validates_and_keeps_its_promises() {
+    let objects = kustomize_build(&kube_dir());
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(kinds, ["Namespace", "DaemonSet", "ConfigMap"]);
+    let problems = schema_problems(&objects);
+    assert!(problems.is_empty(), "{problems:#?}");
+    let problems = policy_problems(&objects);
+    assert!(problems.is_empty(), "{problems:#?}");
+    for o in &objects[1..] {
+        assert_eq!(o["metadata"]["namespace"], "labimg", "{}", o["kind"]);
+    }
+    let ds = the_daemonset(&objects);
+    let state = labimg_netboot::ServeOptions::default().state_dir;
+    let container = read(&deploy("Containerfile"));
+    assert!(container.contains(&format!("VOLUME {}", state.display())));
+    let mounts = ds["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountPath"] == state.to_str().unwrap())
+    );
+}
+
+/// Seeded mistakes are caught: by the schema (a misspelt field, a port as a
+/// string, an unknown key in the probe) and by the promises (an extra
+/// capability, no host network, images writable, the inventory by subPath, the
+/// probe on the wrong path, a flag serve does not have).
+#[test]
+fn a_broken_kubernetes_manifest_fails() {
+    use serde_json::json;
+    let good = kustomize_build(&kube_dir());
+    let ds_index = good.iter().position(|o| o["kind"] == "DaemonSet").unwrap();
+    let broken = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut objects = good.clone();
+        f(&mut objects[ds_index]);
+        objects
+    };
+    let c = "/spec/template/spec/containers/0";
+    let schema_cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 3] = [
+        (
+            "hostNetwrok",
+            Box::new(|d| d["spec"]["template"]["spec"]["hostNetwrok"] = json!(true)),
+        ),
+        (
+            "containerPort",
+            Box::new(move |d| {
+                *d.pointer_mut(&format!("{c}/ports/0/containerPort"))
+                    .unwrap() = json!("80")
+            }),
+        ),
+        (
+            "livenessProbe",
+            Box::new(move |d| {
+                d.pointer_mut(&format!("{c}/livenessProbe")).unwrap()["httpGett"] = json!({})
+            }),
+        ),
+    ];
+    for (what, f) in &schema_cases {
+        let p = schema_problems(&broken(f.as_ref()));
+        assert!(!p.is_empty(), "schema accepted a broken {what}");
+    }
+    let policy_cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 6] = [
+        (
+            "capabilities.add",
+            Box::new(move |d| {
+                d.pointer_mut(&format!("{c}/securityContext/capabilities/add"))
+                    .unwrap()
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!("SYS_ADMIN"))
+            }),
+        ),
+        (
+            "hostNetwork",
+            Box::new(|d| d["spec"]["template"]["spec"]["hostNetwork"] = json!(false)),
+        ),
+        (
+            "images",
+            Box::new(move |d| {
+                for m in d
+                    .pointer_mut(&format!("{c}/volumeMounts"))
+                    .unwrap()
+                    .as_array_mut()
+                    .unwrap()
+                {
+                    if m["name"] == "images" {
+                        m["readOnly"] = json!(false);
+                    }
+                }
+            }),
+        ),
+        (
+            "subPath",
+            Box::new(move |d| {
+                for m in d
+                    .pointer_mut(&format!("{c}/volumeMounts"))
+                    .unwrap()
+                    .as_array_mut()
+                    .unwrap()
+                {
+                    if m["name"] == "inventory" {
+                        m["subPath"] = json!("inventory.toml");
+                    }
+                }
+            }),
+        ),
+        (
+            "livenessProbe",
+            Box::new(move |d| {
+                *d.pointer_mut(&format!("{c}/livenessProbe/httpGet/path"))
+                    .unwrap() = json!("/health")
+            }),
+        ),
+        (
+            "a flag serve does not have",
+            Box::new(move |d| {
+                d.pointer_mut(&format!("{c}/args"))
+                    .unwrap()
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!("--inventroy"))
+            }),
+        ),
+    ];
+    for (what, f) in &policy_cases {
+        let objects = broken(f.as_ref());
+        assert!(
+            schema_problems(&objects).is_empty(),
+            "{what}: a policy case must pass the schema"
+        );
+        let p = policy_problems(&objects);
+        assert!(!p.is_empty(), "promises accepted a broken {what}");
+    }
+}
+
+/// The paths the probe and the Prometheus annotations name are served by
+/// `labimg serve`'s own router: `/healthz` answers 200 and `/metrics` 200 with
+/// Prometheus text.
+#[tokio::test]
+async fn probe_and_metrics_paths_are_served() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let objects = kustomize_build(&kube_dir());
+    let ds = the_daemonset(&objects);
+    let pod = &ds["spec"]["template"];
+    let f = common::fixture(80);
+    let app = labimg_netboot::http::router(f.shared.clone());
+    for path in [
+        pod["spec"]["containers"][0]["livenessProbe"]["httpGet"]["path"]
+            .as_str()
+            .unwrap(),
+        pod["metadata"]["annotations"]["prometheus.io/path"]
+            .as_str()
+            .unwrap(),
+    ] {
+        let resp = app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "GET {path}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        if path == "/metrics" {
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.contains("# TYPE "), "{text}");
+        }
     }
 }
