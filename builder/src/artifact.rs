@@ -7,8 +7,10 @@
 //! - `netboot/netboot.json`: [`NetbootInfo`];
 //! - `manifest.json`: [`crate::manifest::Manifest`]; `upgrade.json` and the
 //!   `upgrade.env` the node reads: [`crate::upgrade::Bundle`]; `SHA256SUMS` and its minisign signature: [`sign`];
-//!   the sha256 every one of them is checked by: [`hash_file`].
+//!   the sha256 every one of them is checked by: [`hash_file`];
+//! - `os_list.json`, the Raspberry Pi Imager list beside a Pi disk image: [`imager`].
 
+pub mod imager;
 pub mod sign;
 
 use std::fmt;

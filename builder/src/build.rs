@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::artifact::Cmdline;
 use crate::artifact::hash_file;
+use crate::artifact::imager;
 use crate::debian::Cache;
 use crate::disk;
 use crate::initramfs::make_initramfs;
@@ -172,7 +173,26 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     if netboot && let Some((dir, files)) = target.netboot_files(&disk_inputs)? {
         files.write_to_dir(&work.join("netboot").join(dir))?;
     }
+    // Imager checks the decompressed image's sha256: hashed before the raw file goes.
+    let imager_devices = imager::devices_for_board(target.name())
+        .filter(|_| profile.outputs.formats.contains(&ImageFormat::RawXz));
+    let raw_hash = imager_devices
+        .map(|_| step("hash disk for Imager", || hash_file(&raw)))
+        .transpose()?;
     write_formats(&plan, &raw)?;
+    if let (Some(devices), Some(raw_hash)) = (imager_devices, raw_hash) {
+        step("write Imager os_list.json", || {
+            let entry = imager::OsEntry::for_image(&imager::ImageFacts {
+                profile: &profile.name,
+                k3s_version: &profile.k3s.version,
+                devices,
+                raw: raw_hash,
+                raw_xz: &raw.with_extension("raw.xz"),
+                epoch,
+            })?;
+            imager::write(work, entry)
+        })?;
+    }
     if !netboot {
         std::fs::remove_dir_all(work.join("netboot"))?;
     }
