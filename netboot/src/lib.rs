@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod net;
 pub mod ra;
 pub mod tftp;
+pub mod timeline;
 pub mod tokens;
 pub mod verify;
 
@@ -183,6 +184,8 @@ pub struct Shared {
     pub logs: logs::LogStore,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
+    /// Each node's boot as the server saw it.
+    pub timeline: timeline::Timeline,
 }
 
 impl Shared {
@@ -209,6 +212,7 @@ impl Shared {
             events: Default::default(),
             logs: logs::LogStore::new(state_dir),
             metrics: Default::default(),
+            timeline: Default::default(),
         }))
     }
 
@@ -320,12 +324,16 @@ pub async fn serve_async(opts: ServeOptions) -> Result<()> {
     let app = http::router(shared.clone());
     let mut http_stop = stop_rx.clone();
     transfers.spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-            .context("HTTP server")
+        // The peer address attributes artifact fetches to a node's boot timeline.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        })
+        .await
+        .context("HTTP server")
     });
     if opts.tftp_addr.port() != 0 {
         let mtu = iface.as_ref().map(|i| i.mtu);

@@ -82,7 +82,13 @@ impl LeaseStore {
         crate::tokens::write_private(&self.path, &serde_json::to_vec_pretty(&self.leases)?)
     }
 
-    /// Lease time in seconds.
+    /// Leases not yet expired.
+    pub fn active(&self) -> usize {
+        let t = now();
+        self.leases.values().filter(|l| l.expires > t).count()
+    }
+
+    /// Lease time handed out, in seconds.
     pub fn lease_secs(&self) -> u32 {
         self.lease_secs
     }

@@ -224,10 +224,25 @@ impl DhcpServer {
         };
         let t = format!("{:?}", client.msg_type).to_lowercase();
         m.inc("labimg_dhcp_packets_total", &[("type", &t)]);
-        match &self.leases {
-            Some(l) => self.respond_full(msg, &client, l),
-            None => self.respond_proxy(msg, &client, pxe_port),
+        let firmware = client.firmware.is_some();
+        if firmware && client.msg_type == MessageType::Discover {
+            self.shared.timeline.mark(client.mac, "dhcp-discover");
         }
+        let reply = match &self.leases {
+            Some(l) => {
+                let r = self.respond_full(msg, &client, l);
+                if let Ok(store) = l.lock() {
+                    m.gauge_set("labimg_dhcp_leases", &[], store.active() as i64);
+                }
+                r
+            }
+            None => self.respond_proxy(msg, &client, pxe_port),
+        };
+        if firmware && reply.as_ref().and_then(|r| r.opts().msg_type()) == Some(MessageType::Offer)
+        {
+            self.shared.timeline.mark(client.mac, "dhcp-offer");
+        }
+        reply
     }
 
     fn decision(&self, c: &Client) -> Decision {

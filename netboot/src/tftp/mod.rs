@@ -232,6 +232,7 @@ async fn serve_rrq(
         }
     };
     m.inc("labimg_tftp_requests_total", &[("result", "ok")]);
+    let _active = crate::metrics::Active::new(m, "labimg_tftp_active_transfers");
     let (params, oack) = negotiate(options, source.len(), max_blksize);
     tracing::debug!(%peer, file, ?params, "TFTP transfer");
     match send_file(

@@ -1,0 +1,261 @@
+//! Each node's boot as the server saw it: seconds from the firmware's first DHCP
+//! DISCOVER ("power-on", the earliest moment the network sees a machine) to every
+//! milestone the server witnesses: its DHCP offer, the boot script, kernel, initrd and
+//! root image fetched over HTTP, and the stages the node reports as events. Shown per
+//! node in `/v1/nodes`; power-on → `k3s-started` feeds the `labimg_boot_seconds`
+//! histogram of `/metrics`.
+//!
+//! A firmware DISCOVER starts a new boot unless the current one has not reached its
+//! boot script yet (a chain-loaded iPXE does its own DHCP within the same boot) and is
+//! younger than [`SAME_BOOT`]. HTTP fetches carry no MAC: they are attributed through
+//! the address that fetched the node's boot script (`?mac=`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::inventory::Mac;
+
+/// Milestones in boot order; node events use their stage names.
+pub const MILESTONES: &[&str] = &[
+    "dhcp-discover",
+    "dhcp-offer",
+    "boot-script",
+    "kernel",
+    "initrd",
+    "root-image",
+    "booted",
+    "root-verified",
+    "network-up",
+    "config-fetched",
+    "k3s-started",
+];
+
+/// A firmware DISCOVER this soon after the last one, before any boot script, is the
+/// same boot (iPXE chain-loaded by a PXE ROM asks again).
+pub const SAME_BOOT: Duration = Duration::from_secs(120);
+
+/// Most nodes tracked; the oldest boot is forgotten beyond it.
+const MAX_NODES: usize = 4096;
+
+/// One milestone of a boot.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Mark {
+    /// One of [`MILESTONES`].
+    pub milestone: &'static str,
+    /// Seconds since the boot's first mark, millisecond resolution.
+    pub seconds: f64,
+}
+
+/// One boot of one node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Boot {
+    /// Unix time (seconds) of the first mark.
+    pub started: u64,
+    /// Whether the first mark is the firmware's DHCP DISCOVER (else the server saw
+    /// the boot start later, for example when another DHCP server answered).
+    pub from_power_on: bool,
+    /// Milestones in the order seen, each at most once.
+    pub marks: Vec<Mark>,
+    #[serde(skip)]
+    start: Option<Instant>,
+}
+
+impl Boot {
+    fn new(first: &'static str) -> Self {
+        Self {
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            from_power_on: first == "dhcp-discover",
+            marks: Vec::new(),
+            start: Some(Instant::now()),
+        }
+    }
+
+    fn has(&self, milestone: &str) -> bool {
+        self.marks.iter().any(|m| m.milestone == milestone)
+    }
+
+    fn age(&self) -> Duration {
+        self.start.map(|s| s.elapsed()).unwrap_or_default()
+    }
+
+    /// Seconds to `milestone`, if reached.
+    pub fn seconds_to(&self, milestone: &str) -> Option<f64> {
+        self.marks
+            .iter()
+            .find(|m| m.milestone == milestone)
+            .map(|m| m.seconds)
+    }
+}
+
+/// Boots by MAC, and which MAC each address fetched a boot script for.
+#[derive(Debug, Default)]
+pub struct Timeline {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    boots: BTreeMap<Mac, Boot>,
+    by_ip: BTreeMap<IpAddr, Mac>,
+}
+
+impl Timeline {
+    /// Records `milestone` for `mac`. Returns the seconds from power-on to it when it
+    /// completes a boot seen from power-on (`k3s-started`), for the histogram.
+    pub fn mark(&self, mac: Mac, milestone: &'static str) -> Option<f64> {
+        let Ok(mut inner) = self.inner.lock() else {
+            return None;
+        };
+        let new_boot = match inner.boots.get(&mac) {
+            None => true,
+            Some(b) if milestone == "dhcp-discover" => b.has("boot-script") || b.age() > SAME_BOOT,
+            // A node that reports "booted" again without the server seeing its
+            // firmware (another DHCP server, or a disk boot) starts a boot too.
+            Some(b) if milestone == "booted" => b.has("booted"),
+            Some(_) => false,
+        };
+        if new_boot {
+            if inner.boots.len() >= MAX_NODES && !inner.boots.contains_key(&mac) {
+                let oldest = inner
+                    .boots
+                    .iter()
+                    .min_by_key(|(_, b)| b.started)
+                    .map(|(m, _)| *m);
+                if let Some(m) = oldest {
+                    inner.boots.remove(&m);
+                }
+            }
+            inner.boots.insert(mac, Boot::new(milestone));
+        }
+        let boot = inner.boots.get_mut(&mac)?;
+        if boot.has(milestone) {
+            return None;
+        }
+        let seconds = (boot.age().as_secs_f64() * 1000.0).round() / 1000.0;
+        boot.marks.push(Mark { milestone, seconds });
+        (milestone == "k3s-started" && boot.from_power_on).then_some(seconds)
+    }
+
+    /// Remembers that `ip` fetched the boot script of `mac`.
+    pub fn bind_ip(&self, ip: IpAddr, mac: Mac) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.by_ip.len() >= MAX_NODES && !inner.by_ip.contains_key(&ip) {
+                inner.by_ip.clear();
+            }
+            inner.by_ip.insert(ip, mac);
+        }
+    }
+
+    /// Records `milestone` for whichever node `ip` belongs to, if known.
+    pub fn mark_ip(&self, ip: IpAddr, milestone: &'static str) {
+        let mac = self
+            .inner
+            .lock()
+            .ok()
+            .and_then(|i| i.by_ip.get(&ip).copied());
+        if let Some(mac) = mac {
+            self.mark(mac, milestone);
+        }
+    }
+
+    /// The current (last) boot of `mac`.
+    pub fn of(&self, mac: &Mac) -> Option<Boot> {
+        self.inner.lock().ok()?.boots.get(mac).cloned()
+    }
+
+    /// Every MAC with a boot.
+    pub fn macs(&self) -> Vec<Mac> {
+        self.inner
+            .lock()
+            .map(|i| i.boots.keys().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The milestone an artifact file of a profile's netboot folder stands for.
+pub fn file_milestone(file: &str) -> Option<&'static str> {
+    match file {
+        "vmlinuz" => Some("kernel"),
+        "initrd.img" => Some("initrd"),
+        "root.squashfs" => Some("root-image"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(s: &str) -> Mac {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_boot_from_power_on_to_k3s() {
+        let t = Timeline::default();
+        let m = mac("02:00:00:00:00:01");
+        assert_eq!(t.mark(m, "dhcp-discover"), None);
+        t.mark(m, "dhcp-offer");
+        // iPXE chain-loaded by the ROM asks again: still the same boot.
+        t.mark(m, "dhcp-discover");
+        t.bind_ip("10.0.0.5".parse().unwrap(), m);
+        t.mark(m, "boot-script");
+        t.mark_ip("10.0.0.5".parse().unwrap(), "kernel");
+        t.mark_ip("10.0.0.9".parse().unwrap(), "initrd"); // an unknown address: nobody's
+        t.mark(m, "booted");
+        let k3s = t.mark(m, "k3s-started");
+        assert!(k3s.is_some_and(|s| s >= 0.0));
+        let b = t.of(&m).unwrap();
+        assert!(b.from_power_on);
+        let names: Vec<_> = b.marks.iter().map(|m| m.milestone).collect();
+        assert_eq!(
+            names,
+            [
+                "dhcp-discover",
+                "dhcp-offer",
+                "boot-script",
+                "kernel",
+                "booted",
+                "k3s-started"
+            ]
+        );
+        assert!(b.marks.windows(2).all(|w| w[0].seconds <= w[1].seconds));
+        // The next power-on starts a new boot; a repeated milestone is not re-counted.
+        assert_eq!(t.mark(m, "k3s-started"), None);
+        t.mark(m, "dhcp-discover");
+        assert_eq!(t.of(&m).unwrap().marks.len(), 1);
+    }
+
+    #[test]
+    fn boots_not_seen_from_power_on_are_not_timed() {
+        let t = Timeline::default();
+        let m = mac("02:00:00:00:00:02");
+        t.mark(m, "booted");
+        assert_eq!(
+            t.mark(m, "k3s-started"),
+            None,
+            "no power-on: not in the histogram"
+        );
+        assert!(!t.of(&m).unwrap().from_power_on);
+        t.mark(m, "booted"); // a reboot that skipped the server's DHCP
+        assert_eq!(t.of(&m).unwrap().marks.len(), 1);
+    }
+
+    #[test]
+    fn every_milestone_is_named() {
+        for f in ["vmlinuz", "initrd.img", "root.squashfs"] {
+            assert!(MILESTONES.contains(&file_milestone(f).unwrap()));
+        }
+        assert_eq!(file_milestone("SHA256SUMS"), None);
+        for s in crate::events::STAGES {
+            assert!(MILESTONES.contains(s), "{s}");
+        }
+    }
+}
