@@ -1,6 +1,7 @@
 //! The HTTP side: iPXE scripts, artifacts and upgrade bundles (with Range),
-//! per-node config bundles, boot events, node logs, the node list, metrics and
-//! health. The whole route table is [`router`].
+//! per-node config bundles, boot events, node logs, the node list, the Raspberry Pi
+//! Imager repository and its disk images (with Range), metrics and health. The
+//! whole route table is [`router`].
 
 use std::sync::Arc;
 
@@ -30,6 +31,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/images/{profile}/{file}", get(image_file))
         .route("/bundles/{profile}/{*path}", get(bundle_file))
         .route("/ipxe/{file}", get(ipxe_file))
+        .route("/imager/os_list.json", get(imager_list))
+        .route("/imager/{profile}/{file}", get(imager_file))
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}/config", get(node_config))
         .route(
@@ -147,6 +150,34 @@ async fn ipxe_file(State(s): S, Path(file): Path<String>, req: Request) -> Respo
         file
     };
     serve_under(dir, &name, req).await
+}
+
+/// One Imager repository for every profile with an `os_list.json`, URLs absolute.
+async fn imager_list(State(s): S) -> Response {
+    let base = s.http_base();
+    let images = s.cfg.images.clone();
+    match tokio::task::spawn_blocking(move || images.imager_list(&base)).await {
+        Ok(list) => ([(header::CONTENT_TYPE, "application/json")], list.to_json()).into_response(),
+        Err(e) => internal(anyhow::anyhow!("building the Imager list: {e}")),
+    }
+}
+
+/// A disk image or icon an `os_list.json` names.
+async fn imager_file(
+    State(s): S,
+    Path((profile, file)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    match s.cfg.images.imager_file(&profile, &file) {
+        Ok(path) => match ServeFile::new(path).oneshot(req).await {
+            Ok(r) => r.map(Body::new),
+            Err(e) => internal(anyhow::anyhow!("serving {file}: {e}")),
+        },
+        Err(e) => {
+            tracing::debug!("Imager file {profile}/{file}: {e:#}");
+            text(StatusCode::NOT_FOUND, "not found\n")
+        }
+    }
 }
 
 fn bearer(h: &HeaderMap) -> Option<&str> {

@@ -1,5 +1,6 @@
 //! The image directory written by the builder: `<dir>/<profile>/netboot/netboot.json`
-//! and the artifacts beside it, plus the per-node config directories.
+//! and the artifacts beside it, the per-node config directories, and the Raspberry
+//! Pi Imager lists (`<dir>/<profile>/os_list.json`) with the disk images they name.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,7 @@ use labimg_builder::artifact::sign;
 
 /// `netboot.json`: the type the builder writes it through.
 pub use labimg_builder::artifact::NetbootInfo;
+use labimg_builder::artifact::imager::{self, OsEntry, OsList};
 
 /// True for a single safe path component (no separators, no dot-dot, no hidden names).
 pub fn is_plain_name(s: &str) -> bool {
@@ -76,6 +78,66 @@ impl Images {
         serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display()))
     }
 
+    /// Every profile's Imager entries in one list, their `url` and `icon` made
+    /// absolute under `<base>/imager/<profile>/`. A profile is left out (with a
+    /// warning) when its list does not verify or names a file that is missing or not
+    /// world-readable: a private build's disk image holds secrets.
+    pub fn imager_list(&self, base: &str) -> OsList {
+        let mut profiles: Vec<String> = std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| is_plain_name(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        profiles.sort();
+        let mut all = OsList::default();
+        for p in profiles {
+            if !self.dir.join(&p).join(imager::FILE).is_file() {
+                continue;
+            }
+            match self.imager_entries(&p) {
+                Ok(entries) => all.os_list.extend(entries.into_iter().map(|mut e| {
+                    e.url = format!("{base}/imager/{p}/{}", e.url);
+                    e.icon = format!("{base}/imager/{p}/{}", e.icon);
+                    e
+                })),
+                Err(e) => tracing::warn!("Imager list: leaving out profile {p}: {e:#}"),
+            }
+        }
+        all
+    }
+
+    /// `<profile>`'s `os_list.json` entries whose files can be published.
+    fn imager_entries(&self, profile: &str) -> Result<Vec<OsEntry>> {
+        let dir = self.dir.join(profile);
+        if let Some(v) = &self.verifier {
+            v.check_file(&dir, imager::FILE)?;
+        }
+        let list = OsList::read(&dir)?;
+        for e in &list.os_list {
+            for name in [&e.url, &e.icon] {
+                public_file(&dir, name)?;
+            }
+        }
+        Ok(list.os_list)
+    }
+
+    /// The path of `file` of `<profile>`'s Imager list: only a disk image or icon
+    /// its `os_list.json` names, world-readable. With a verifier the list must
+    /// match the signed `SHA256SUMS`; the image is then checked by Imager against
+    /// the list's sha256 (hashing gigabytes per request is left to the client).
+    pub fn imager_file(&self, profile: &str, file: &str) -> Result<PathBuf> {
+        if !is_plain_name(profile) || !is_plain_name(file) {
+            bail!("invalid name");
+        }
+        let entries = self.imager_entries(profile)?;
+        if !entries.iter().any(|e| e.url == file || e.icon == file) {
+            bail!("{file} is not named by {profile}/{}", imager::FILE);
+        }
+        public_file(&self.dir.join(profile), file)
+    }
+
     /// `<dir>/<profile>/nodes/<hostname>`: the node's private config directory.
     pub fn node_dir(&self, profile: &str, hostname: &str) -> Result<PathBuf> {
         if !is_plain_name(hostname) {
@@ -83,6 +145,26 @@ impl Images {
         }
         Ok(self.dir.join(profile).join("nodes").join(hostname))
     }
+}
+
+/// `dir/name` when it is a plain name of a regular, world-readable file.
+fn public_file(dir: &Path, name: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if !is_plain_name(name) {
+        bail!("{name:?} is not a file name in {}", dir.display());
+    }
+    let p = dir.join(name);
+    let meta = std::fs::symlink_metadata(&p).with_context(|| format!("stat {}", p.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", p.display());
+    }
+    if meta.permissions().mode() & 0o004 == 0 {
+        bail!(
+            "{} is not world-readable (a private build): not published",
+            p.display()
+        );
+    }
+    Ok(p)
 }
 
 /// Packs a directory as an uncompressed, reproducible tar (sorted, mtime 0, root-owned).
