@@ -42,7 +42,9 @@ fn expired_release_is_refused_without_the_opt_out() {
         ValidUntil::Enforce,
     ));
     assert!(
-        err.contains("expired") && err.contains("Valid-Until is in the past"),
+        err.contains("expired")
+            && err.contains("Valid-Until is in the past")
+            && err.contains("check-valid-until = false"),
         "{err}"
     );
 }

@@ -120,7 +120,9 @@ impl Release {
             && until < now
         {
             bail!(
-                "InRelease of {} expired {} s ago (Valid-Until is in the past)",
+                "InRelease of {} expired {} s ago (Valid-Until is in the past); for an \
+                 offline build from an old cache or a snapshot mirror, set \
+                 check-valid-until = false under [debian] in the profile",
                 self.codename,
                 now - until
             );
