@@ -78,7 +78,8 @@ fn run(args: Args) -> Result<()> {
         Command::Profile(c) => c.run(dir),
         Command::Serve(opts) => labimg_netboot::serve(*opts),
         Command::Logs(a) => labimg_netboot::logs::show(&a),
-        Command::Inspect(a) => cli::inspect(&a.path, a.public_key.as_deref(), a.json),
+        Command::Inspect(a) if a.json => cli::inspect_json(&a.path, a.public_key.as_deref()),
+        Command::Inspect(a) => cli::inspect(&a.path, a.public_key.as_deref()),
         Command::Sign(a) => cli::sign(&a.dir, &a.key),
         Command::Keygen(a) => cli::keygen(&a.dir, a.encrypt),
         Command::Completions { shell } => {

@@ -359,9 +359,18 @@ pub fn profile_validate(names: &[String], dir: &Path, json: bool) -> Result<()> 
 }
 
 /// `labimg inspect`: summarize a build and check its SHA256SUMS; with a
-/// public key, first check that key's signature over SHA256SUMS. With `json`,
-/// one [`report::Inspection`] object, printed also when a file does not match.
-pub fn inspect(path: &Path, public_key: Option<&Path>, json: bool) -> Result<()> {
+/// public key, first check that key's signature over SHA256SUMS.
+pub fn inspect(path: &Path, public_key: Option<&Path>) -> Result<()> {
+    inspect_as(path, public_key, false)
+}
+
+/// `labimg inspect --json`: as [`inspect`], printing one [`report::Inspection`]
+/// object, also when a file does not match (the error follows it).
+pub fn inspect_json(path: &Path, public_key: Option<&Path>) -> Result<()> {
+    inspect_as(path, public_key, true)
+}
+
+fn inspect_as(path: &Path, public_key: Option<&Path>, json: bool) -> Result<()> {
     let dir = if path.is_dir() {
         path
     } else {
