@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,6 +21,7 @@ use crate::Shared;
 use crate::events::EventIn;
 use crate::images::is_plain_name;
 use crate::inventory::{Mac, Node};
+use crate::timeline;
 
 type S = State<Arc<Shared>>;
 
@@ -65,6 +66,14 @@ async fn count_requests(State(s): S, req: Request, next: Next) -> Response {
     resp
 }
 
+/// The client's address, when the server runs with connect info (not in tests that
+/// call the router directly).
+fn peer_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (
         status,
@@ -84,16 +93,68 @@ struct MacQuery {
     mac: Option<String>,
 }
 
-async fn boot_ipxe(State(s): S, Query(q): Query<MacQuery>) -> Response {
+async fn boot_ipxe(State(s): S, Query(q): Query<MacQuery>, req: Request) -> Response {
     let Some(Ok(mac)) = q.mac.as_deref().map(str::parse::<Mac>) else {
         return text(
             StatusCode::BAD_REQUEST,
             "#!ipxe\necho labimg: boot.ipxe needs ?mac=<MAC>\nexit 1\n",
         );
     };
+    if let Some(ip) = peer_ip(&req) {
+        s.timeline.bind_ip(ip, mac);
+    }
+    s.timeline.mark(mac, "boot-script");
     match crate::boot::ipxe_script(&s, &mac) {
         Ok(script) => text(StatusCode::OK, script),
         Err(e) => internal(e),
+    }
+}
+
+/// Counts a download in `labimg_http_active_transfers` until its body is sent or
+/// dropped (the client went away).
+fn counted(s: &Arc<Shared>, r: Response) -> Response {
+    if !r.status().is_success() {
+        return r;
+    }
+    s.metrics.gauge_add(ACTIVE_HTTP, &[], 1);
+    r.map(|inner| {
+        Body::new(Counted {
+            inner,
+            shared: s.clone(),
+        })
+    })
+}
+
+const ACTIVE_HTTP: &str = "labimg_http_active_transfers";
+
+struct Counted {
+    inner: Body,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.shared.metrics.gauge_add(ACTIVE_HTTP, &[], -1);
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -121,8 +182,11 @@ async fn image_file(
     req: Request,
 ) -> Response {
     // One name: a percent-encoded `/` must not reach netboot/'s sub-folders.
+    if let (Some(ip), Some(milestone)) = (peer_ip(&req), timeline::file_milestone(&file)) {
+        s.timeline.mark_ip(ip, milestone);
+    }
     match s.cfg.images.netboot_dir(&profile) {
-        Ok(dir) if is_plain_name(&file) => serve_under(dir, &file, req).await,
+        Ok(dir) if is_plain_name(&file) => counted(&s, serve_under(dir, &file, req).await),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -337,6 +401,10 @@ async fn post_event(State(s): S, Json(e): Json<EventIn>) -> Response {
         Ok(ev) => {
             s.metrics
                 .inc("labimg_events_total", &[("stage", &ev.stage)]);
+            let stage = crate::events::STAGES.iter().find(|st| **st == ev.stage);
+            if let Some(secs) = stage.and_then(|st| s.timeline.mark(ev.mac, st)) {
+                s.metrics.observe_boot(secs);
+            }
             s.events.record(ev);
             StatusCode::NO_CONTENT.into_response()
         }
@@ -358,6 +426,15 @@ async fn list_nodes(State(s): S) -> Response {
         })
     };
     let macs = s.events.macs();
+    // A node's timeline is under its inventory MAC, or the MACs its events came from.
+    let macs_of = |n: &Node| {
+        let mut v: Vec<Mac> = n.mac.into_iter().collect();
+        v.extend(
+            macs.iter()
+                .filter(|m| owner(m).as_deref() == Some(n.hostname.as_str())),
+        );
+        v
+    };
     let nodes: Vec<_> = inv
         .nodes
         .iter()
@@ -367,13 +444,17 @@ async fn list_nodes(State(s): S) -> Response {
                 .filter(|m| owner(m).as_deref() == Some(n.hostname.as_str()))
                 .flat_map(|m| s.events.of(m))
                 .collect();
-            serde_json::json!({"node": n, "events": events})
+            let boot = macs_of(n)
+                .into_iter()
+                .filter_map(|m| s.timeline.of(&m))
+                .max_by(|a, b| a.started.total_cmp(&b.started));
+            serde_json::json!({"node": n, "events": events, "boot": boot})
         })
         .collect();
     let unknown: Vec<_> = macs
         .iter()
         .filter(|m| owner(m).is_none())
-        .map(|m| serde_json::json!({"mac": m, "events": s.events.of(m)}))
+        .map(|m| serde_json::json!({"mac": m, "events": s.events.of(m), "boot": s.timeline.of(m)}))
         .collect();
     // Every profile the inventory boots, and whether it can be served now (with
     // --public-key a tampered or unsigned one is refused: its nodes will not boot).
@@ -398,7 +479,10 @@ async fn list_nodes(State(s): S) -> Response {
 
 async fn metrics(State(s): S) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.render(),
     )
         .into_response()

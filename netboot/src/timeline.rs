@@ -53,8 +53,8 @@ pub struct Mark {
 /// One boot of one node.
 #[derive(Debug, Clone, Serialize)]
 pub struct Boot {
-    /// Unix time (seconds) of the first mark.
-    pub started: u64,
+    /// Unix time of the first mark, in seconds with millisecond resolution.
+    pub started: f64,
     /// Whether the first mark is the firmware's DHCP DISCOVER (else the server saw
     /// the boot start later, for example when another DHCP server answered).
     pub from_power_on: bool,
@@ -69,8 +69,8 @@ impl Boot {
         Self {
             started: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+                .map(|d| d.as_millis() as f64 / 1000.0)
+                .unwrap_or(0.0),
             from_power_on: first == "dhcp-discover",
             marks: Vec::new(),
             start: Some(Instant::now()),
@@ -126,7 +126,7 @@ impl Timeline {
                 let oldest = inner
                     .boots
                     .iter()
-                    .min_by_key(|(_, b)| b.started)
+                    .min_by(|(_, a), (_, b)| a.started.total_cmp(&b.started))
                     .map(|(m, _)| *m);
                 if let Some(m) = oldest {
                     inner.boots.remove(&m);

@@ -280,7 +280,14 @@ async fn events_round_trip_and_metrics() {
         m.contains("labimg_http_requests_total{route=\"/v1/events\",status=\"400\"} 2\n"),
         "{m}"
     );
-    assert!(m.contains("# TYPE labimg_events_total counter\n"), "{m}");
+    // OpenMetrics names the counter family without `_total`; every family has # HELP.
+    assert!(m.contains("# TYPE labimg_events counter\n"), "{m}");
+    assert!(
+        m.contains("# HELP labimg_events Boot events nodes reported, by stage.\n"),
+        "{m}"
+    );
+    assert!(m.contains("# TYPE labimg_boot_seconds histogram\n"), "{m}");
+    assert!(m.ends_with("# EOF\n"), "{m}");
 }
 
 #[tokio::test]
@@ -470,4 +477,76 @@ async fn node_logs_stay_bounded() {
     let text = String::from_utf8(text).unwrap();
     assert!(text.contains(" 0599 0051"), "the newest batch is kept");
     assert!(!text.contains(" 0000 0000"), "the oldest is gone");
+}
+
+/// A boot seen from power-on: its milestones show in `/v1/nodes` under the node, and
+/// power-on → k3s-started lands in the `labimg_boot_seconds` histogram once.
+#[tokio::test]
+async fn boot_timeline_in_nodes_and_histogram() {
+    let f = fixture(8080);
+    let app = router(f.shared.clone());
+    let mac: labimg_netboot::inventory::Mac = CP_MAC.parse().unwrap();
+    // What the DHCP service records for a firmware DISCOVER (tests/dhcp.rs drives it).
+    f.shared.timeline.mark(mac, "dhcp-discover");
+    let (st, _) = call(&app, get(&format!("/boot.ipxe?mac={CP_MAC}"))).await;
+    assert_eq!(st, StatusCode::OK);
+    for stage in ["booted", "network-up", "k3s-started", "k3s-started"] {
+        let ev = format!(r#"{{"stage":"{stage}","mac":"{CP_MAC}","hostname":"cp1"}}"#);
+        assert_eq!(
+            call(&app, post_json("/v1/events", &ev)).await.0,
+            StatusCode::NO_CONTENT
+        );
+    }
+    let (_, body) = call(&app, get("/v1/nodes")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let boot = &v["nodes"][0]["boot"];
+    assert_eq!(v["nodes"][0]["node"]["hostname"], "cp1");
+    assert_eq!(boot["from_power_on"], true, "{v}");
+    let names: Vec<_> = boot["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["milestone"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "dhcp-discover",
+            "boot-script",
+            "booted",
+            "network-up",
+            "k3s-started"
+        ]
+    );
+    assert!(boot["marks"][4]["seconds"].as_f64().unwrap() >= 0.0);
+    assert!(v["nodes"][1]["boot"].is_null(), "pi1 has not booted: {v}");
+    let (_, m) = call(&app, get("/metrics")).await;
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("labimg_boot_seconds_count 1\n"), "{m}");
+}
+
+/// An artifact download counts in `labimg_http_active_transfers` until its body is
+/// gone, sent or dropped.
+#[tokio::test]
+async fn active_downloads_gauge() {
+    let f = fixture(8080);
+    let app = router(f.shared.clone());
+    let active = || f.shared.metrics.gauge("labimg_http_active_transfers", &[]);
+    let resp = app
+        .clone()
+        .oneshot(get("/images/proxmox/vmlinuz"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(active(), 1, "headers sent, body not yet");
+    drop(resp);
+    assert_eq!(active(), 0, "a client that goes away ends the transfer");
+    let (st, body) = call(&app, get("/images/proxmox/initrd.img")).await;
+    assert_eq!((st, body.len()), (StatusCode::OK, 50_000));
+    assert_eq!(active(), 0);
+    assert_eq!(
+        call(&app, get("/images/proxmox/nothing")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(active(), 0, "a refusal is no transfer");
 }
