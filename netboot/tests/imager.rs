@@ -182,16 +182,13 @@ fn imager_repository_validates_and_every_url_downloads_and_matches() {
 
     // Range: Imager and download managers resume.
     let xz = std::fs::read(images.join("pi5/pi5.raw.xz")).unwrap();
-    let (status, part) = get(&urls[0].to_string(), &["-r", "100-1123"]);
+    let (status, part) = get(urls[0], &["-r", "100-1123"]);
     assert_eq!(status, "206");
     assert!(
         part == xz[100..1124],
         "the range is the file's bytes 100..=1123"
     );
-    let (status, tail) = get(
-        &urls[0].to_string(),
-        &["-r", &format!("{}-", xz.len() - 10)],
-    );
+    let (status, tail) = get(urls[0], &["-r", &format!("{}-", xz.len() - 10)]);
     assert_eq!(
         (status.as_str(), tail.as_slice()),
         ("206", &xz[xz.len() - 10..])
