@@ -15,7 +15,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_labimg");
 /// Every `--flag` of `labimg serve` reads `LABIMG_<FLAG>` (dashes as underscores).
 #[test]
 fn every_serve_flag_has_its_variable() {
-    let cmd = labimg_netboot::ServeOptions::augment_args(clap::Command::new("serve"));
+    let cmd = labimg_netboot::ServeOptions::augment_args(clap::Command::default());
     let mut flags = 0;
     for arg in cmd.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
