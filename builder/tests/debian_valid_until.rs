@@ -119,7 +119,7 @@ fn the_opt_out_still_requires_a_valid_signature() {
     let begin = text.find("\n\n").unwrap() + 2;
     let end = text.find("-----BEGIN PGP SIGNATURE-----").unwrap();
     let err = err_text(verify_release_with(
-        text[begin..end].as_bytes(),
+        &text.as_bytes()[begin..end],
         &test_key(),
         ValidUntil::Skip,
     ));

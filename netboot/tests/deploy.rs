@@ -612,6 +612,9 @@ fn kubernetes_base_validates_and_keeps_its_promises() {
     );
 }
 
+/// A seeded mistake: an edit of the rendered DaemonSet.
+type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+
 /// Seeded mistakes are caught: by the schema (a misspelt field, a port as a
 /// string, an unknown key in the probe) and by the promises (an extra
 /// capability, no host network, images writable, the inventory by subPath, the
@@ -627,7 +630,7 @@ fn a_broken_kubernetes_manifest_fails() {
         objects
     };
     let c = "/spec/template/spec/containers/0";
-    let schema_cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 3] = [
+    let schema_cases: [(&str, Mutation); 3] = [
         (
             "hostNetwrok",
             Box::new(|d| d["spec"]["template"]["spec"]["hostNetwrok"] = json!(true)),
@@ -650,7 +653,7 @@ fn a_broken_kubernetes_manifest_fails() {
         let p = schema_problems(&broken(f.as_ref()));
         assert!(!p.is_empty(), "schema accepted a broken {what}");
     }
-    let policy_cases: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 6] = [
+    let policy_cases: [(&str, Mutation); 6] = [
         (
             "capabilities.add",
             Box::new(move |d| {
