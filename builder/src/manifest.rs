@@ -79,8 +79,9 @@ pub struct ReleaseRecord {
     /// `enforced` (refused once past), or `skipped` (accepted on its
     /// signature alone, see `valid_until_skipped_because`).
     pub valid_until_check: String,
-    /// Why the check was skipped and whether `Valid-Until` had passed when the
-    /// build read the release; absent when the check was enforced.
+    /// Why the check was skipped; absent when it was enforced. Whether the
+    /// release had expired when the build read it is in the build's log
+    /// (manifest.json stays reproducible).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_until_skipped_because: Option<String>,
 }
@@ -88,16 +89,13 @@ pub struct ReleaseRecord {
 impl ReleaseRecord {
     /// The record of `release`, read for `suite` (see [`Release::valid_until_skipped`]).
     pub fn new(suite: &str, release: &Release) -> ReleaseRecord {
-        let because = release.valid_until_skipped.map(|past| {
-            let state = match (release.valid_until, past) {
-                (None, _) => "it has no Valid-Until".to_owned(),
-                (Some(_), 0) => "Valid-Until had not passed yet".to_owned(),
-                (Some(_), p) => format!(
-                    "Valid-Until had passed {} ({p} s) before the build read it",
-                    crate::debian::release::human_duration(p)
-                ),
-            };
-            format!("the profile sets debian.check-valid-until = false; {state}")
+        // Only facts of the signed release and the profile: how long ago it
+        // expired depends on when the build ran, and manifest.json must not
+        // (the build log's warning says it).
+        let because = release.valid_until_skipped.map(|_| {
+            "the profile sets debian.check-valid-until = false (apt's Check-Valid-Until=no): \
+             accepted on its signature even past Valid-Until"
+                .to_owned()
         });
         ReleaseRecord {
             suite: suite.to_owned(),

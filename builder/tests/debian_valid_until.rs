@@ -73,7 +73,8 @@ fn expired_release_is_accepted_with_the_opt_out_and_recorded() {
     assert_eq!(json["valid-until-check"], "skipped");
     let why = json["valid-until-skipped-because"].as_str().unwrap();
     assert!(
-        why.contains("debian.check-valid-until = false") && why.contains("had passed"),
+        why.contains("debian.check-valid-until = false")
+            && !why.chars().any(|c| c.is_ascii_digit()),
         "{why}"
     );
 
