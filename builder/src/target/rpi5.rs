@@ -5,10 +5,12 @@
 //! See `RPI5.md` beside this file for the layout, the upgrade flow and what
 //! was verified where.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail, ensure};
+use sha2::{Digest, Sha256};
 
 use super::{DiskInputs, Target, common_cmdline};
 use crate::artifact::Cmdline;
@@ -49,6 +51,10 @@ const BASIC_DATA_TYPE: Guid = disk::parse_guid("EBD0A0A2-B9E5-4433-87C0-68B6B726
 /// Offset and value of the arm64 `Image` header magic ("ARM\x64").
 const ARM64_MAGIC_OFFSET: usize = 0x38;
 const ARM64_MAGIC: &[u8] = b"ARM\x64";
+/// The two bytes every gzip member starts with (RFC 1952).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// RFC 1952 OS byte for Unix, what `gzip -n` writes.
+const GZIP_OS_UNIX: u8 = 3;
 
 impl Target for Rpi5 {
     fn name(&self) -> &'static str {
@@ -197,7 +203,7 @@ fn boot_tree(target: &Rpi5, i: &DiskInputs, slot: &str) -> Result<Tree> {
     t.insert_file("config.txt", config_txt(p, &rpi), 0o644)?;
     let cmdline = target.cmdline(p, i.root, slot).to_string();
     t.insert_file("cmdline.txt", format!("{cmdline}\n"), 0o644)?;
-    t.insert_file(KERNEL_FILE, arm64_image(i.kernel)?, 0o644)?;
+    t.insert_file(KERNEL_FILE, firmware_kernel(i.kernel)?, 0o644)?;
     t.insert_file(INITRAMFS_FILE, i.initramfs.to_vec(), 0o644)?;
     let dtbs = bcm2712_dtbs(i.root_tree);
     ensure!(
@@ -259,10 +265,44 @@ pub fn config_txt(profile: &Profile, rpi: &Rpi) -> String {
     lines.join("\n") + "\n"
 }
 
-/// The kernel as the firmware wants it: an uncompressed arm64 `Image`
-/// (Debian's `vmlinuz` already is one; a gzip'd one is unpacked).
+/// The kernel as the firmware loads it: the arm64 `Image` (Debian's `vmlinuz`
+/// already is one; a gzip'd one is unpacked to check it), gzip'd again. The
+/// firmware recognises gzip by its magic bytes under the same file name (see
+/// `RPI5.md`, "Compressed kernel and HTTP boot"), and the Pi reads it over
+/// lock-step TFTP when netbooting, where a third of the bytes is a third of
+/// the blocks. Memoised for the last kernel: the disk and the netboot tree
+/// carry the same file, and compressing it takes seconds.
+fn firmware_kernel(kernel: &[u8]) -> Result<Vec<u8>> {
+    static LAST: Mutex<Option<([u8; 32], Vec<u8>)>> = Mutex::new(None);
+    let key: [u8; 32] = Sha256::digest(kernel).into();
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((k, gz)) = last.as_ref()
+        && *k == key
+    {
+        return Ok(gz.clone());
+    }
+    let gz = gzip_reproducibly(&arm64_image(kernel)?).context("compressing the kernel")?;
+    *last = Some((key, gz.clone()));
+    Ok(gz)
+}
+
+/// `data` as one gzip member whose bytes depend on `data` alone: no file
+/// name, mtime 0, OS "Unix" (as `gzip -n`), best compression.
+fn gzip_reproducibly(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(GZIP_OS_UNIX)
+        .write(
+            Vec::with_capacity(data.len() / 2),
+            flate2::Compression::best(),
+        );
+    gz.write_all(data)?;
+    gz.finish()
+}
+
+/// The kernel unpacked and checked: an arm64 `Image` (a gzip'd one is unpacked).
 fn arm64_image(kernel: &[u8]) -> Result<Vec<u8>> {
-    let image = if kernel.starts_with(&[0x1f, 0x8b]) {
+    let image = if kernel.starts_with(&GZIP_MAGIC) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(kernel)
             .read_to_end(&mut out)
@@ -322,16 +362,54 @@ fn volume_id(profile: &str, part: &str) -> u32 {
 mod tests {
     use super::*;
 
+    fn tiny_image() -> Vec<u8> {
+        let mut image: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+        image[ARM64_MAGIC_OFFSET..ARM64_MAGIC_OFFSET + 4].copy_from_slice(ARM64_MAGIC);
+        image
+    }
+
+    fn gunzip(gz: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
     #[test]
     fn gzip_kernels_are_unpacked_and_non_arm64_images_rejected() {
-        let mut image = vec![0u8; 0x40];
-        image[ARM64_MAGIC_OFFSET..ARM64_MAGIC_OFFSET + 4].copy_from_slice(ARM64_MAGIC);
+        let image = tiny_image();
         assert_eq!(arm64_image(&image).unwrap(), image);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        std::io::Write::write_all(&mut gz, &image).unwrap();
+        gz.write_all(&image).unwrap();
         assert_eq!(arm64_image(&gz.finish().unwrap()).unwrap(), image);
         let err = arm64_image(b"MZ not a kernel at all, just some bytes of junk here....... ")
             .unwrap_err();
         assert!(format!("{err:#}").contains("not an arm64 Image"), "{err:#}");
+        let err = firmware_kernel(&[0x1f, 0x8b, 8, 0, 0, 0]).unwrap_err();
+        assert!(format!("{err:#}").contains("decompressing"), "{err:#}");
+    }
+
+    #[test]
+    fn the_firmware_kernel_is_a_reproducible_gzip_of_the_image() {
+        let image = tiny_image();
+        let gz = firmware_kernel(&image).unwrap();
+        // RFC 1952 header: deflate, no flags (no name), mtime 0, XFL 2 (best), OS 3.
+        assert_eq!(gz[..10], [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 2, 3]);
+        assert_eq!(gunzip(&gz), image);
+        assert!(gz.len() < image.len(), "{} bytes", gz.len());
+        // The same bytes whether the package's kernel was gzip'd or not, and
+        // from a fresh compression (not only the memo).
+        let mut other = flate2::GzBuilder::new()
+            .filename("Image")
+            .mtime(1_700_000_000)
+            .write(Vec::new(), flate2::Compression::fast());
+        other.write_all(&image).unwrap();
+        assert_eq!(firmware_kernel(&other.finish().unwrap()).unwrap(), gz);
+        assert_eq!(gzip_reproducibly(&image).unwrap(), gz);
+        // A different kernel is not answered from the memo.
+        let mut changed = image.clone();
+        changed[100] ^= 1;
+        assert_eq!(gunzip(&firmware_kernel(&changed).unwrap()), changed);
     }
 }
