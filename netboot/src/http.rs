@@ -110,8 +110,9 @@ async fn boot_ipxe(State(s): S, Query(q): Query<MacQuery>, req: Request) -> Resp
     }
 }
 
-/// Counts a download in `labimg_http_active_transfers` until its body is sent or
-/// dropped (the client went away).
+/// Counts a download (netboot artifacts, Imager disk images) in
+/// `labimg_http_active_transfers` until its body is sent or dropped (the client went
+/// away).
 fn counted(s: &Arc<Shared>, r: Response) -> Response {
     if !r.status().is_success() {
         return r;
@@ -234,7 +235,7 @@ async fn imager_file(
 ) -> Response {
     match s.cfg.images.imager_file(&profile, &file) {
         Ok(path) => match ServeFile::new(path).oneshot(req).await {
-            Ok(r) => r.map(Body::new),
+            Ok(r) => counted(&s, r.map(Body::new)),
             Err(e) => internal(anyhow::anyhow!("serving {file}: {e}")),
         },
         Err(e) => {

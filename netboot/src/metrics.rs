@@ -46,7 +46,9 @@ pub fn help(name: &str) -> Option<&'static str> {
         "labimg_tftp_requests_total" => "TFTP read requests, by result",
         "labimg_dhcp_leases" => "Full DHCP mode: addresses leased now",
         "labimg_tftp_active_transfers" => "TFTP transfers running now",
-        "labimg_http_active_transfers" => "HTTP artifact downloads running now",
+        "labimg_http_active_transfers" => {
+            "HTTP downloads of netboot artifacts and Imager disk images running now"
+        }
         BOOT_SECONDS => {
             "Seconds from a node's first firmware DHCP DISCOVER to its k3s-started event"
         }
