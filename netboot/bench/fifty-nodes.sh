@@ -89,16 +89,25 @@ in_srv() { ip netns exec "$srvns" "$@"; }
 cargo build --release -q -p labimg
 labimg=$repo/target/release/labimg
 if [ "$flow" = x86 ]; then profile=proxmox; else profile=pi5; fi
+# The newest build of the profile (BUILD=<folder> picks one).
 find_build() {
     local d
-    for d in target/bench/*/ target/qemu-tests/*/; do
+    if [ -n "${BUILD:-}" ]; then
+        if [ ! -f "$BUILD/netboot/netboot.json" ] || ! compgen -G "$BUILD/nodes/*/node.env" >/dev/null; then
+            echo "BUILD=$BUILD: not a build folder with netboot/ and nodes/" >&2; exit 1
+        fi
+        echo "$BUILD"
+        return 0
+    fi
+    while read -r _ d; do
+        d=${d%manifest.json}
         if [ ! -f "$d/netboot/netboot.json" ] || [ ! -f "$d/manifest.json" ]; then continue; fi
         [ "$(jq -r .profile "$d/netboot/netboot.json")" = "$profile" ] || continue
         [ "$flow" = x86 ] || [ -f "$d/netboot/rpi/config.txt" ] || continue
         compgen -G "$d/nodes/*/node.env" >/dev/null || continue
         echo "${d%/}"
         return 0
-    done
+    done < <(stat -c '%Y %n' target/bench/*/manifest.json target/qemu-tests/*/manifest.json 2>/dev/null | sort -rn)
     return 1
 }
 if build=$(find_build); then
@@ -116,6 +125,8 @@ else
     rm -rf "$build"
     mv "$build.tmp" "$build"
 fi
+echo "# kernel $(jq -r .kernel "$build/netboot/netboot.json"): $(stat -c %s "$build/netboot/$(jq -r .kernel "$build/netboot/netboot.json")") bytes$(
+    [ "$flow" = pi5 ] && echo ", Pi kernel $(sed -n 's/^kernel=//p' "$build/netboot/rpi/config.txt"): $(stat -c %s "$build/netboot/rpi/$(sed -n 's/^kernel=//p' "$build/netboot/rpi/config.txt")" 2>/dev/null || echo "(from netboot/)") bytes")"
 src_node=$(compgen -G "$build/nodes/*/node.env" | head -1)
 src_node=${src_node%/node.env}
 
@@ -358,6 +369,26 @@ summarize() { # <target>
         }' "$work/$target.nodes"
 }
 
+# Per step, the median time (s from the start) at which nodes finished it.
+step_line() { # <target>
+    local t0
+    t0=$(cat "$work/res/$1.t0")
+    cat "$work/res/$1"/* | awk -v t0="$t0" '
+        $2 == "ok" { k = $1; if (!(k in c)) order[++m] = k; v[k, ++c[k]] = $3 - t0 }
+        END {
+            for (i = 1; i <= m; i++) {
+                k = order[i]
+                for (a = 2; a <= c[k]; a++) {
+                    x = v[k, a]
+                    for (b = a - 1; b >= 1 && v[k, b] > x; b--) v[k, b + 1] = v[k, b]
+                    v[k, b + 1] = x
+                }
+                printf "%s %.2f  ", k, v[k, int((c[k] + 1) / 2)]
+            }
+            printf "\n"
+        }'
+}
+
 # --- expected sizes, seen by the clients ------------------------------------------
 if [ "$flow" = x86 ]; then
     stat -c %s "$net/$(jq -r .kernel "$net/netboot.json")" > "$work/size.kernel"
@@ -493,6 +524,8 @@ for t in $targets; do
     read -r k notdone p50 p99 max fails mb dhcp <<<"${result[$t]}"
     printf '%-10s %6d/%-3d %8s %8s %8s %8s %15d %9s %8d\n' "$t" "$k" "$n" "$p50" "$p99" "$max" "$dhcp" "$fails" "$mb" "$notdone"
 done
+echo "median time each step ended (s from the start):"
+for t in $targets; do printf '  %-10s %s\n' "$t" "$(step_line "$t")"; done
 if [ -n "${result[labimg]:-}" ] && [ -n "${result[reference]:-}" ]; then
     read -r _ _ lp50 lp99 lmax _ <<<"${result[labimg]}"
     read -r _ _ rp50 rp99 rmax _ <<<"${result[reference]}"
