@@ -6,6 +6,7 @@
 //! the path, so CI artifacts show what the console said.
 
 pub mod netns;
+pub mod ssh;
 
 use std::fs::File;
 use std::io::Read;

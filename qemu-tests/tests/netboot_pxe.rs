@@ -469,6 +469,10 @@ fn x86_64_bios_pxe_node_ships_its_log_to_labimg_logs() {
         .join(format!("{name}.shipped.log"));
     let _ = std::fs::write(&keep, &shipped);
     for want in [
+        // Said before syslogd ran (stage 1, early stage 2): replayed into the log.
+        "labimg: stage1 start",
+        "labimg: root verified",
+        "labimg: stage2 start",
         "labimg: logs persisted",
         "labimg: config written",
         "labimg: k3s starting role=server",

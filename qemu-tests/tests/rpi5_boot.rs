@@ -3,42 +3,97 @@
 //! own boot-a partition (QEMU's loader plays the Pi firmware, which QEMU does
 //! not emulate) and the whole disk is attached as VirtIO block, so root slot A,
 //! its verification and STATE are the image's real ones.
+//!
+//! The same boot is the arm64 SSH test (#17): the profile authorizes one key, the
+//! node sits on a LAN (a bridge in a network namespace, Debian's dnsmasq as DHCP
+//! server, chrony as NTP server) and a real client (Debian's openssh-client) checks
+//! the host keys against the console's fingerprints, logs in as root with the key,
+//! is refused with another key and with a password, reads the persisted log (the
+//! milestones said before syslogd started are in it) and powers the node off, through
+//! its stop sequence. The stand-in keeps running until then (`run` mode).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use labimg_qemu_tests::netns::Netns;
+use labimg_qemu_tests::ssh::{Login, boot_and_log_in, keygen, profile_key, profile_ssh_table};
 use labimg_qemu_tests::{Vm, build_once, pi5_boot_files, raw_image};
 
 const MAC: &str = "52:54:00:12:34:57";
+const NET: u8 = 80;
 
 /// The shipped pi5 profile plus one node keyed by the VM's MAC (`virt` has no
-/// Pi serial number in its device tree).
-const PROFILE: &str = r#"
+/// Pi serial number in its device tree), and the test's SSH key.
+fn profile() -> String {
+    format!(
+        r#"
 extends = "pi5.toml"
 
 [[nodes]]
 hostname = "pi-cp-1"
-mac = "52:54:00:12:34:57"
+mac = "{MAC}"
 role = "server"
-# QEMU's user network hands the VM the same address every time.
+# The test's dnsmasq leases the VM the same address every time.
 dhcp-reservation = true
-labels = { "topology.kubernetes.io/zone" = "shelf-1" }
-"#;
+labels = {{ "topology.kubernetes.io/zone" = "shelf-1" }}
+
+{}"#,
+        profile_ssh_table()
+    )
+}
 
 #[test]
 fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
-    let out = build_once("pi5", PROFILE).expect("building the pi5 profile");
+    let started = Instant::now();
+    let out = build_once("pi5", &profile()).expect("building the pi5 profile");
     let scratch = tempfile::tempdir().unwrap();
     let raw = raw_image(&out, scratch.path());
     let (kernel, initrd, append) = pi5_boot_files(&raw, scratch.path());
+    eprintln!("build and boot files: {:.0?}", started.elapsed());
 
-    let log = Vm::aarch64_virt("rpi5-boot")
+    let ns = Netns::create(
+        &format!("labimg-rpi5-{}", std::process::id()),
+        &format!("10.{NET}.0.1/24"),
+    )
+    .unwrap();
+    ns.add_tap("tap0").unwrap();
+    let _ntp = ns.chrony_server(&format!("10.{NET}.0.1")).unwrap();
+    let _dhcp = ns
+        .dnsmasq_dhcp(&format!("10.{NET}.0.100"), &format!("10.{NET}.0.150"))
+        .unwrap();
+    let good = profile_key();
+    let wrong = scratch.path().join("wrong_ed25519");
+    keygen(&wrong, "not-in-the-profile");
+    let login = Login {
+        net: NET,
+        hostname: "pi-cp-1",
+        good: &good,
+        wrong: &wrong,
+    };
+    let vm = Vm::aarch64_virt("rpi5-boot")
         .unwrap()
         .direct_kernel(&kernel, &initrd, &append)
         .virtio_disk(&raw, "raw")
         .unwrap()
-        .user_net(MAC)
-        .boot(None, Duration::from_secs(300))
-        .unwrap();
+        .tap_nic("tap0", MAC)
+        .in_netns(ns.name())
+        .stand_in_mode("run");
+    let (log, _) = boot_and_log_in(&ns, vm, Duration::from_secs(400), &login, |client| {
+        // Stage 1's and early stage 2's milestones (said before syslogd ran) are in
+        // the persisted log, replayed in the order they were said.
+        let out = client.ssh(
+            &good,
+            "grep -o 'labimg: stage[12] start' /var/log/labimg/messages",
+        );
+        let found = String::from_utf8_lossy(&out.stdout);
+        if found != "labimg: stage1 start\nlabimg: stage2 start\n" {
+            return Err(format!(
+                "the early milestones are not in the persisted log once each: {found:?}, {:?}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    });
+    eprintln!("boot with SSH: {:.0?}", log.elapsed);
     log.assert_absent("labimg: FATAL");
     log.assert_host_contract(&[]);
     log.assert_in_order(&[
@@ -53,13 +108,20 @@ fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
         "labimg: state mounted",
         "labimg: network up",
         "labimg: identity hostname=pi-cp-1 role=server",
+        "labimg: time synced source=dhcp",
+        "host-keys=created",
         "labimg: config written",
         "labimg: k3s binary source=baked",
         "labimg: k3s starting role=server",
         "k3s-stand-in: argv: server --config /etc/rancher/k3s/config.yaml",
         "k3s-stand-in: hostname=pi-cp-1",
-        "k3s-stand-in: done, powering off",
+        "k3s-stand-in: ready mode=run",
+        // poweroff over SSH: the stop sequence, as on x86.
+        "labimg: stopping action=poweroff",
+        "labimg: powering off",
     ]);
+    log.assert_absent("labimg: WARNING: ssh");
+    log.assert_absent("/var busy");
     // The arm64 kernel loads every module k3s and Cilium need, and takes the sysctls.
     log.assert_absent("MISSING");
     log.assert_absent("labimg: WARNING: modules failed");
@@ -93,7 +155,7 @@ fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
     );
     assert!(
         log.powered_off,
-        "the VM did not power off by itself; log: {}",
+        "the VM did not power off after poweroff over SSH; log: {}",
         log.keep().display()
     );
 }
