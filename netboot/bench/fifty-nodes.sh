@@ -252,11 +252,12 @@ node_run() { # <i> <target>
         if [ "$flow" = x86 ]; then
             extra=(-V PXEClient:Arch:00000:UNDI:002001 -x 0x5d:0000 -x 0x4d:69505845)
         else
+            # Architecture 0 and UNDI 2.1 (options 93, 94) as the Pi sends them.
             # Option 97: type 0, then "RPi5", board revision, the MAC's low 4 bytes and
             # the serial, little endian (classify.rs reads bytes 12..16 after the type).
             local m=${mac//:/} s
             s=$(serial_of "$i")
-            extra=(-V PXEClient:Arch:00000:UNDI:002001
+            extra=(-V PXEClient:Arch:00000:UNDI:002001 -x 0x5d:0000 -x 0x5e:010201 -O 43
                 -x "0x61:00525069357041c000${m:4:8}${s:6:2}${s:4:2}${s:2:2}${s:0:2}")
         fi
         dhcp || return 1
@@ -265,6 +266,12 @@ node_run() { # <i> <target>
         tftp=$(sed -n 's/^siaddr=//p' "$dir/bound.env")
         [ -n "$tftp" ] && [ "$tftp" != 0.0.0.0 ] || tftp=$(sed -n 's/^serverid=//p' "$dir/bound.env")
         if [ "$flow" = pi5 ]; then
+            # The Pi bootloader goes on only with "Raspberry Pi Boot" in option 43.
+            if ! grep -qi '^opt43=.*52617370626572727920506920426f6f74' "$dir/bound.env"; then
+                echo "the lease has no option 43 with \"Raspberry Pi Boot\": not answered as a Pi" >> "$log"
+                echo "dhcp fail $EPOCHREALTIME 0" >> "$res"
+                return 1
+            fi
             fetch config.txt - "$dir/config.txt" "tftp://$tftp/$serial/config.txt" --tftp-blksize 1468 || return 1
             kern=$(sed -n 's/^kernel=//p' "$dir/config.txt" | tail -1)
             initramfs=$(awk '$1 == "initramfs" {print $2}' "$dir/config.txt" | tail -1)
