@@ -2,7 +2,8 @@
 //! `serve_async` that `labimg serve` runs, with full DHCP, TFTP on 69 and HTTP) on
 //! an isolated bridge inside a network namespace, and reach the k3s STAND-IN with
 //! the identity the server's per-node config gave them. Flows: x86_64 BIOS with
-//! QEMU's iPXE ROM, x86_64 UEFI (OVMF's own PXE client → `ipxe.efi` over TFTP →
+//! QEMU's iPXE ROM in proxy DHCP mode beside a separate DHCP server (dnsmasq as the
+//! home router: the default deployment), x86_64 UEFI (OVMF's own PXE client → `ipxe.efi` over TFTP →
 //! `boot.ipxe`), x86_64 UEFI HTTP boot (OVMF's HttpBootDxe, its PXE turned off →
 //! `ipxe.efi` over HTTP from the URL in our offer → `boot.ipxe`), arm64 UEFI
 //! (AAVMF → `ipxe-arm64.efi` → `boot.ipxe`). The iPXE binaries come from Debian
@@ -21,6 +22,8 @@ const HTTP: &str = "10.77.0.1:8080";
 const HELPER_DIR: &str = "LABIMG_PXE_HELPER_DIR";
 const HELPER_IPXE: &str = "LABIMG_PXE_HELPER_IPXE";
 const HELPER_IF: &str = "LABIMG_PXE_HELPER_IF";
+const HELPER_DHCP: &str = "LABIMG_PXE_HELPER_DHCP";
+const HELPER_RA: &str = "LABIMG_PXE_HELPER_RA";
 /// A whole PXE boot under TCG, with other VMs sharing the 2 cores.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -82,6 +85,19 @@ impl Lab {
     /// Serves `build` (a `build_once` output) as `<images>/<profile>/` with an
     /// inventory holding one node, on a fresh namespace with tap `tap0`.
     fn start(flow: &str, build: &Path, profile: &str, node: &str) -> Lab {
+        Self::start_with(flow, build, profile, node, "full", "auto")
+    }
+
+    /// [`Lab::start`] with the appliance in DHCP mode `dhcp` (full, proxy or off) and
+    /// `--router-advert ra`.
+    fn start_with(
+        flow: &str,
+        build: &Path,
+        profile: &str,
+        node: &str,
+        dhcp: &str,
+        ra: &str,
+    ) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let images = dir.path().join("images").join(profile);
         std::fs::create_dir_all(&images).unwrap();
@@ -114,6 +130,8 @@ impl Lab {
             .env(HELPER_DIR, dir.path())
             .env(HELPER_IPXE, &ipxe)
             .env(HELPER_IF, ns.bridge())
+            .env(HELPER_DHCP, dhcp)
+            .env(HELPER_RA, ra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -278,17 +296,110 @@ fn proxmox_lab(flow: &str, host: &str, mac: &str) -> Lab {
     )
 }
 
+/// The default deployment: a home router leases the addresses (dnsmasq, DHCP only)
+/// and `labimg serve --dhcp proxy` answers only the PXE client, here with
+/// `--router-advert on` (the router sends no IPv6 advertisement). The same boot checks
+/// the server's view of it: the boot timeline in `/v1/nodes`, from the firmware's
+/// DHCP DISCOVER to `k3s-started`, and its power-on → k3s time in `/metrics`; and that
+/// the advertisement ends iPXE's IPv6 wait (16 s without it, on this flow).
 #[test]
-fn x86_64_bios_pxe_with_qemu_ipxe_rom_boots_to_the_k3s_stand_in() {
+fn x86_64_bios_pxe_in_proxy_mode_beside_a_router_boots_to_the_k3s_stand_in() {
     let (host, mac) = ("pxe-cp-1", "52:54:00:77:00:01");
-    let lab = proxmox_lab("bios", host, mac);
-    let vm = Vm::x86_64_bios("netboot-bios")
+    let out = build_once("proxmox-pxe", PROXMOX).expect("building the proxmox profile");
+    let node = inventory_node(host, mac, "server", "proxmox", "");
+    let lab = Lab::start_with("proxy", &out, "proxmox", &node, "proxy", "on");
+    let router = lab.ns.dnsmasq_dhcp("10.77.0.160", "10.77.0.200").unwrap();
+    let vm = Vm::x86_64_bios("netboot-bios-proxy")
         .unwrap()
         .blank_virtio_disk("2G")
         .unwrap()
         .tap_net("tap0", mac, None)
         .extra_args(&["-boot", "n"]);
-    pxe_boot(&lab, vm, host, "server", &[]);
+    let log = pxe_boot(&lab, vm, host, "server", &[]);
+    // The address is the router's, the boot parameters labimg's.
+    let router_log = router.log();
+    assert!(
+        router_log.contains("DHCPACK(") && router_log.contains(mac),
+        "the router leased nothing to {mac}: {router_log}"
+    );
+    log.assert_in_order(&[
+        "labimg: network up if=eth0 ip=10.77.0.1",
+        "labimg: stage2 start",
+    ]);
+    assert!(
+        !lab.log().contains("lease granted"),
+        "proxy mode leases nothing: {}",
+        lab.log()
+    );
+
+    let nodes: serde_json::Value = serde_json::from_str(&lab.curl("/v1/nodes").unwrap()).unwrap();
+    let boot = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"]["hostname"] == host)
+        .map(|n| n["boot"].clone())
+        .unwrap();
+    assert_eq!(boot["from_power_on"], true, "{boot}");
+    let marks: Vec<(String, f64)> = boot["marks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["milestone"].as_str().unwrap().to_owned(),
+                m["seconds"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = marks.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "dhcp-discover",
+            "dhcp-offer",
+            "boot-script",
+            "kernel",
+            "initrd",
+            "root-image",
+            // The node posts its events from stage 2, once it has its config: the
+            // server stamps them as they arrive.
+            "booted",
+            "root-verified",
+            "network-up",
+            "config-fetched",
+            "k3s-started"
+        ],
+        "the server's timeline of the boot: {boot}"
+    );
+    assert!(
+        marks.windows(2).all(|w| w[0].1 <= w[1].1),
+        "milestones in time order: {boot}"
+    );
+    let to_script = marks[2].1;
+    assert!(
+        to_script < 10.0,
+        "iPXE fetched its boot script {to_script} s after its DHCP DISCOVER: the router \
+         advertisement should have ended its IPv6 wait (16 s without): {boot}"
+    );
+    let to_k3s = marks.last().unwrap().1;
+    assert!(
+        to_k3s > 1.0 && to_k3s < log.elapsed.as_secs_f64(),
+        "power-on → k3s {to_k3s} s within the VM's {:?}",
+        log.elapsed
+    );
+    let metrics = lab.curl("/metrics").unwrap();
+    for want in [
+        "labimg_boot_seconds_count 1\n",
+        "labimg_dhcp_replies_total{type=\"offer\"}",
+        "# HELP labimg_boot_seconds ",
+    ] {
+        assert!(
+            metrics.contains(want),
+            "{want:?} not in /metrics:\n{metrics}"
+        );
+    }
+    eprintln!("server timeline: {marks:?}");
 }
 
 #[test]
@@ -415,7 +526,14 @@ fn netns_server_helper() {
         images: dir.join("images"),
         inventory: dir.join("inventory.toml"),
         interface: Some(std::env::var(HELPER_IF).unwrap()),
-        dhcp: labimg_netboot::DhcpMode::Full,
+        dhcp: std::env::var(HELPER_DHCP)
+            .unwrap_or_else(|_| "full".into())
+            .parse()
+            .unwrap(),
+        router_advert: std::env::var(HELPER_RA)
+            .unwrap_or_else(|_| "auto".into())
+            .parse()
+            .unwrap(),
         http_addr: HTTP.parse().unwrap(),
         tftp_addr: format!("{SERVER_IP}:69").parse().unwrap(),
         pool_start: Some("10.77.0.100".parse().unwrap()),
