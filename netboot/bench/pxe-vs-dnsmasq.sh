@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): the labimg netboot appliance against the reference tools,
 # in the same run on the same machine, all inside a throw-away network namespace:
-#   (a) PXE boot of an x86_64 BIOS VM (QEMU's iPXE ROM, TCG) to the k3s STAND-IN:
-#       `labimg serve --dhcp full` (DHCP, then kernel/initrd over HTTP) against
-#       dnsmasq (DHCP + TFTP: boot script, kernel and initrd over TFTP). Both boot
-#       the same kernel, initrd and command line; root image, config and events come
-#       from labimg's HTTP server in both cases, so only the boot path differs.
+#   (a) PXE boot of an x86_64 VM (BIOS and UEFI; QEMU's iPXE ROM, TCG) to the k3s
+#       STAND-IN: `labimg serve --dhcp full` (DHCP, then kernel/initrd over HTTP)
+#       against dnsmasq (DHCP + TFTP: boot script, kernel and initrd over TFTP), and
+#       labimg in proxy mode beside a separate DHCP server. All boot the same kernel,
+#       initrd and command line; root image, config and events come from labimg's
+#       HTTP server in every case, so only the boot path differs. A table gives the
+#       time from power-on to each milestone as the console and the server saw it.
 #   (b) TFTP throughput, one 50 MiB file, curl with blksize 1468: labimg vs dnsmasq.
 #   (c) HTTP throughput, the root image, curl: labimg vs nginx.
 # The ratios are what matters: the machine is shared, absolute figures drift.
@@ -17,7 +19,7 @@ cd "$(dirname "$0")/../.."
 repo=$(pwd)
 
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces, tap devices)" >&2; exit 1; }
-for t in qemu-system-x86_64 dnsmasq nginx curl ip; do
+for t in qemu-system-x86_64 qemu-img dnsmasq nginx curl ip jq bc; do
     command -v "$t" >/dev/null || { echo "missing host tool: $t" >&2; exit 1; }
 done
 
@@ -28,6 +30,10 @@ nginx_port=8081
 mac=52:54:00:77:09:01
 host=bench-cp-1
 boot_timeout=900   # one TCG boot, with other VMs sharing the cores
+# Flows beyond BIOS full mode and the dnsmasq reference: UEFI (OVMF) for both, and
+# labimg's proxy mode beside a separate DHCP server. UEFI=0 / PROXY=0 skip them.
+uefi=${UEFI:-1}
+proxy=${PROXY:-1}
 work=$(mktemp -d /tmp/labimg-pxe-bench.XXXXXX)
 pids=()
 
@@ -58,6 +64,11 @@ profile_text="extends = \"$repo/profiles/proxmox.toml\"
 hostname = \"$host\"
 mac = \"$mac\"
 role = \"server\"
+dhcp-reservation = true
+
+# A netbooted server keeps STATE on its local disk (each boot gets a blank one).
+[netboot]
+state-disk = \"vda\"
 
 [outputs]
 formats = [\"qcow2\"]
@@ -111,11 +122,13 @@ ip -n "$ns" link set tap0 master br0
 ip -n "$ns" link set tap0 up
 
 labimg_pid=
-start_labimg() { # <dhcp mode> <tftp port>
+start_labimg() { # <dhcp mode> <tftp port> [more serve flags]
+    local mode=$1 tftp=$2
+    shift 2
     ip netns exec "$ns" "$labimg" serve --images "$images" --inventory "$work/inventory.toml" \
-        --interface br0 --dhcp "$1" --http-addr "$srv:$http_port" --tftp-addr "$srv:$2" \
+        --interface br0 --dhcp "$mode" --http-addr "$srv:$http_port" --tftp-addr "$srv:$tftp" \
         --pool-start 10.77.9.100 --pool-end 10.77.9.150 \
-        --state-dir "$work/state" --ipxe-dir "$work/ipxe" </dev/null >>"$work/labimg.log" 2>&1 &
+        --state-dir "$work/state" --ipxe-dir "$work/ipxe" "$@" </dev/null >>"$work/labimg.log" 2>&1 &
     labimg_pid=$!
     pids+=("$labimg_pid")
     local i
@@ -128,22 +141,48 @@ start_labimg() { # <dhcp mode> <tftp port>
 }
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-# Boots the VM from whatever serves the namespace; sets boot_s to the seconds from
-# QEMU's start to the stand-in's last line in the serial log. (Not run in $(…), so
-# QEMU's pid reaches the cleanup list.)
-pxe_boot() { # <name>
-    local serial=$work/$1.serial t0 pid keep
+# Boots the VM from whatever serves the namespace, firmware $2 (bios: SeaBIOS and
+# QEMU's iPXE ROM; uefi: OVMF and QEMU's iPXE EFI ROM). The serial console goes
+# through `stamp`, which prefixes each line with its seconds since QEMU's start, and
+# boot_s is the time to the stand-in's last line. (Not run in $(…), so QEMU's pid
+# reaches the cleanup list.)
+stamp() { # <t0>
+    local line
+    while IFS= read -r line; do
+        printf '%.3f %s\n' "$(echo "${EPOCHREALTIME} - $1" | bc)" "${line//$'\r'/}"
+    done
+}
+pxe_boot() { # <name> <bios|uefi>
+    local serial=$work/$1.serial t0 pid keep fw=()
     : > "$serial"
-    t0=$(now)
-    ip netns exec "$ns" timeout "$boot_timeout" qemu-system-x86_64 -machine pc -accel tcg -m 2048 -smp 2 \
-        -nographic -no-reboot -monitor none -serial "file:$serial" \
+    if [ "$2" = uefi ]; then
+        cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/$1.vars"
+        fw=(-machine q35 -drive "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+            -drive "if=pflash,format=raw,file=$work/$1.vars")
+    else
+        fw=(-machine pc)
+    fi
+    qemu-img create -q -f qcow2 "$work/$1.disk" 2G
+    t0=$EPOCHREALTIME
+    echo "$t0" > "$work/$1.t0"
+    ip netns exec "$ns" timeout "$boot_timeout" qemu-system-x86_64 "${fw[@]}" -accel tcg -m 2048 -smp 2 \
+        -display none -no-reboot -monitor none -serial stdio \
+        -drive "file=$work/$1.disk,if=virtio,format=qcow2" \
         -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
         -device "virtio-net-pci,netdev=n0,mac=$mac,bootindex=1" -boot n \
-        </dev/null >"$work/$1.qemu.log" 2>&1 &
+        </dev/null > >(stamp "$t0" > "$serial") 2>"$work/$1.qemu.log" &
     pid=$!
     pids+=("$pid")
     while ! grep -q 'k3s-stand-in: done' "$serial"; do
+        if grep -q 'labimg: FATAL' "$serial"; then
+            keep=/tmp/labimg-pxe-bench-$1.serial
+            cp "$serial" "$keep"
+            echo "$1: the node stopped with a FATAL; serial log kept in $keep" >&2
+            grep 'labimg: FATAL' "$serial" | head -3 >&2
+            exit 1
+        fi
         if ! kill -0 "$pid" 2>/dev/null; then
+            sleep 0.5
             grep -q 'k3s-stand-in: done' "$serial" && break
             keep=/tmp/labimg-pxe-bench-$1.serial
             cp "$serial" "$keep"
@@ -153,7 +192,7 @@ pxe_boot() { # <name>
         fi
         sleep 0.2
     done
-    boot_s=$(echo "$(now) - $t0" | bc)
+    boot_s=$(grep -m1 'k3s-stand-in: done' "$serial" | cut -d' ' -f1)
     # The stand-in powers off; give QEMU a moment, then make sure it is gone.
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     stop "$pid"
@@ -163,7 +202,67 @@ pxe_boot() { # <name>
         echo "$1: the node did not boot with the server's identity; serial log kept in $keep" >&2
         exit 1
     fi
+    # The server's view of the same boot (events are posted in the background).
+    local i
+    for i in $(seq 20); do
+        in_ns curl -sf --max-time 5 "http://$srv:$http_port/v1/nodes" > "$work/$1.nodes.json" || true
+        jq -e --arg h "$host" '.nodes[] | select(.node.hostname == $h) | .boot.marks[] | select(.milestone == "k3s-started")' \
+            "$work/$1.nodes.json" >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    flows+=("$1")
+    mkdir -p "$repo/target/bench/logs"
+    cp "$serial" "$work/$1.nodes.json" "$repo/target/bench/logs/"
 }
+
+# The milestone table: rows are milestones, one column per flow, each cell
+# "console/server" seconds since power-on (QEMU's start); "-" where that view does
+# not see the milestone (the console prints nothing for the root image download; the
+# server sees no DHCP it does not answer).
+rows=(
+    "DHCP done|Configuring \\(net|dhcp-offer"
+    "boot script|boot\.ipxe|boot-script"
+    "kernel|/vmlinuz|kernel"
+    "initrd|/initrd\.img|initrd"
+    "stage 1 start|labimg: stage1 start|booted"
+    "root image|-|root-image"
+    "root verified|labimg: root verified|root-verified"
+    "stage 2 start|labimg: stage2 start|-"
+    "network (stage 2)|labimg: dhcp lease kept|network-up"
+    "config fetched|labimg: identity|config-fetched"
+    "k3s started|labimg: k3s starting|k3s-started"
+    "stand-in done|k3s-stand-in: done|-"
+)
+console_at() { # <flow> <regex>
+    [ "$2" = - ] && { echo -; return; }
+    local t
+    t=$(grep -m1 -E -- "$2" "$work/$1.serial" | cut -d' ' -f1)
+    echo "${t:--}"
+}
+server_at() { # <flow> <milestone>
+    [ "$2" = - ] && { echo -; return; }
+    local t0
+    t0=$(cat "$work/$1.t0")
+    jq -r --arg h "$host" --arg m "$2" --argjson t0 "$t0" '
+        [.nodes[] | select(.node.hostname == $h) | .boot | select(. != null)
+         | .started as $s | .marks[] | select(.milestone == $m) | ($s + .seconds - $t0)]
+        | if length == 0 then "-" else (.[0] * 10 | round / 10 | tostring) end' "$work/$1.nodes.json" 2>/dev/null || echo -
+}
+timeline_table() {
+    local row name re ms f line
+    printf '%-20s' "milestone (s)"
+    for f in "${flows[@]}"; do printf ' %18s' "$f"; done
+    printf '\n'
+    for row in "${rows[@]}"; do
+        IFS='|' read -r name re ms <<<"$row"
+        line=$(printf '%-20s' "$name")
+        for f in "${flows[@]}"; do
+            line+=$(printf ' %18s' "$(console_at "$f" "$re" | sed 's/\(\.[0-9]\)[0-9]*$/\1/')/$(server_at "$f" "$ms")")
+        done
+        echo "$line"
+    done
+}
+flows=()
 
 tftp_mbps() { # <url>: 3 fetches, median MB/s
     local i t0 t
@@ -190,9 +289,13 @@ echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
 
 # --- labimg: full DHCP, TFTP and HTTP ---------------------------------------------
 start_labimg full 69
-echo "# (a) PXE boot with labimg serve --dhcp full (iPXE ROM -> HTTP boot.ipxe, kernel, initrd)"
-pxe_boot labimg; boot_labimg=$boot_s
-printf '  %.1f s\n' "$boot_labimg"
+echo "# (a) PXE boots with labimg serve --dhcp full (iPXE ROM -> HTTP boot.ipxe, kernel, initrd)"
+pxe_boot labimg-full-bios bios; boot_labimg=$boot_s
+printf '  BIOS %.1f s\n' "$boot_labimg"
+if [ "$uefi" = 1 ]; then
+    pxe_boot labimg-full-uefi uefi; boot_labimg_uefi=$boot_s
+    printf '  UEFI %.1f s\n' "$boot_labimg_uefi"
+fi
 echo "# (b) TFTP, labimg, 50 MiB, blksize 1468"
 tftp_labimg=$(tftp_mbps "tftp://$srv/snponly.efi")
 echo "  $tftp_labimg MB/s (median of 3)"
@@ -202,6 +305,33 @@ echo "  $http_labimg MB/s (median of 5)"
 # The boot script labimg renders for the node (same token: same state folder below).
 in_ns curl -sf --max-time 10 "http://$srv:$http_port/boot.ipxe?mac=$mac" > "$work/boot.http.ipxe"
 stop "$labimg_pid"
+
+# --- labimg in proxy mode beside a home router's DHCP (dnsmasq, addresses only) ----
+# The default deployment: the router leases addresses, labimg answers PXE clients.
+# Its router advertisement is opt-in here (the router usually sends its own), so the
+# first boot shows iPXE's IPv6 wait, the second the flag that removes it.
+router_dhcp() {
+    ip netns exec "$ns" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --user=root \
+        --interface=br0 --bind-interfaces --pid-file= --log-facility=- \
+        --dhcp-range=10.77.9.160,10.77.9.200,255.255.255.0,1h --dhcp-leasefile="$work/router.leases" \
+        </dev/null >"$work/router.log" 2>&1 &
+    router_pid=$!
+    pids+=("$router_pid")
+}
+if [ "$proxy" = 1 ]; then
+    router_dhcp
+    start_labimg proxy 69
+    echo "# (a) PXE boot with labimg serve --dhcp proxy beside the router's DHCP"
+    pxe_boot labimg-proxy-bios bios; boot_proxy=$boot_s
+    printf '  BIOS %.1f s\n' "$boot_proxy"
+    stop "$labimg_pid"
+    start_labimg proxy 69 --router-advert on
+    echo "# (a) the same with --router-advert on"
+    pxe_boot labimg-proxy-ra-bios bios; boot_proxy_ra=$boot_s
+    printf '  BIOS %.1f s\n' "$boot_proxy_ra"
+    stop "$labimg_pid"
+    stop "$router_pid"
+fi
 
 # --- reference: dnsmasq (DHCP + TFTP), nginx; labimg for root/config/events only ----
 start_labimg off 0
@@ -253,9 +383,13 @@ for i in $(seq 50); do
     [ "$i" = 50 ] && { echo "dnsmasq or nginx did not come up:" >&2; cat "$work/dnsmasq.log" "$work/nginx/error.log" >&2; exit 1; }
     sleep 0.2
 done
-echo "# (a) PXE boot with dnsmasq (iPXE ROM -> TFTP boot.ipxe, kernel, initrd)"
-pxe_boot dnsmasq; boot_dnsmasq=$boot_s
-printf '  %.1f s\n' "$boot_dnsmasq"
+echo "# (a) PXE boots with dnsmasq (iPXE ROM -> TFTP boot.ipxe, kernel, initrd)"
+pxe_boot dnsmasq-bios bios; boot_dnsmasq=$boot_s
+printf '  BIOS %.1f s\n' "$boot_dnsmasq"
+if [ "$uefi" = 1 ]; then
+    pxe_boot dnsmasq-uefi uefi; boot_dnsmasq_uefi=$boot_s
+    printf '  UEFI %.1f s\n' "$boot_dnsmasq_uefi"
+fi
 # The reference boot must really have taken the TFTP path.
 for f in boot.ipxe vmlinuz initrd.img; do
     grep -q "sent $work/tftp/$f" "$work/dnsmasq.log" \
@@ -277,10 +411,17 @@ fi
 echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== summary (ratio labimg / reference; boot: lower is better, throughput: higher is better)"
-printf '(a) PXE boot to the k3s stand-in:  labimg %7.1f s   dnsmasq %7.1f s   ratio %s\n' \
+printf '(a) PXE boot to the k3s stand-in, BIOS:  labimg %7.1f s   dnsmasq %7.1f s   ratio %s\n' \
     "$boot_labimg" "$boot_dnsmasq" "$(ratio "$boot_labimg" "$boot_dnsmasq")"
+[ "$uefi" = 1 ] && printf '(a) PXE boot to the k3s stand-in, UEFI:  labimg %7.1f s   dnsmasq %7.1f s   ratio %s\n' \
+    "$boot_labimg_uefi" "$boot_dnsmasq_uefi" "$(ratio "$boot_labimg_uefi" "$boot_dnsmasq_uefi")"
+[ "$proxy" = 1 ] && printf '    proxy mode beside the router, BIOS:  %.1f s, with --router-advert on %.1f s\n' \
+    "$boot_proxy" "$boot_proxy_ra"
 printf '(b) TFTP 50 MiB, blksize 1468:     labimg %7.1f MB/s dnsmasq %7.1f MB/s ratio %s\n' \
     "$tftp_labimg" "$tftp_dnsmasq" "$(ratio "$tftp_labimg" "$tftp_dnsmasq")"
 printf '(c) HTTP root image (%d MB):       labimg %7.1f MB/s nginx   %7.1f MB/s ratio %s\n' \
     "$((root_bytes / 1000000))" "$http_labimg" "$http_nginx" "$(ratio "$http_labimg" "$http_nginx")"
 [ -z "$wrk_line" ] || echo "    $wrk_line"
+echo
+echo "== boot timeline: seconds from power-on (QEMU start), console/server view"
+timeline_table
