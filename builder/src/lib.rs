@@ -9,6 +9,7 @@ pub mod artifact;
 pub mod build;
 pub mod cli;
 pub mod compress;
+pub mod date;
 pub mod debian;
 pub mod disk;
 pub mod fs;

@@ -98,7 +98,7 @@ impl OsEntry {
             extract_sha256: f.raw.0.clone(),
             image_download_size: xz_size,
             image_download_sha256: xz_sha,
-            release_date: crate::sbom::rfc3339(f.epoch)[..10].to_owned(),
+            release_date: crate::date::rfc3339(f.epoch)[..10].to_owned(),
             devices: f.devices.iter().map(|d| (*d).to_owned()).collect(),
         })
     }
