@@ -48,8 +48,8 @@ if ! [[ "$n" =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt 150 ]; then
     echo "N must be a whole number from 1 to 150 (the DHCP pool), not '$n'" >&2; exit 1
 fi
 case $flow in x86 | pi5) ;; *) echo "FLOW must be x86 or pi5, not '$flow'" >&2; exit 1 ;; esac
-for t in $targets; do
-    case $t in labimg | reference) ;; *) echo "TARGETS holds labimg and/or reference, not '$t'" >&2; exit 1 ;; esac
+for tgt in $targets; do
+    case $tgt in labimg | reference) ;; *) echo "TARGETS holds labimg and/or reference, not '$tgt'" >&2; exit 1 ;; esac
 done
 for v in retries step_timeout run_timeout; do
     [[ "${!v}" =~ ^[0-9]+$ ]] || { echo "${v^^} must be a whole number, not '${!v}'" >&2; exit 1; }
@@ -527,12 +527,12 @@ echo "# load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "== FLOW=$flow N=$n: completion time from the common start to each node's last byte (s)"
 printf '%-10s %9s %8s %8s %8s %8s %15s %9s %8s\n' server completed "p50" "p99" max "DHCP p50" "failed attempts" "MB/node" "not done"
-for t in $targets; do
-    read -r k notdone p50 p99 max fails mb dhcp <<<"${result[$t]}"
-    printf '%-10s %6d/%-3d %8s %8s %8s %8s %15d %9s %8d\n' "$t" "$k" "$n" "$p50" "$p99" "$max" "$dhcp" "$fails" "$mb" "$notdone"
+for tgt in $targets; do
+    read -r k notdone p50 p99 max fails mb dhcp <<<"${result[$tgt]}"
+    printf '%-10s %6d/%-3d %8s %8s %8s %8s %15d %9s %8d\n' "$tgt" "$k" "$n" "$p50" "$p99" "$max" "$dhcp" "$fails" "$mb" "$notdone"
 done
 echo "median time each step ended (s from the start):"
-for t in $targets; do printf '  %-10s %s\n' "$t" "$(step_line "$t")"; done
+for tgt in $targets; do printf '  %-10s %s\n' "$tgt" "$(step_line "$tgt")"; done
 if [ -n "${result[labimg]:-}" ] && [ -n "${result[reference]:-}" ]; then
     read -r _ _ lp50 lp99 lmax _ <<<"${result[labimg]}"
     read -r _ _ rp50 rp99 rmax _ <<<"${result[reference]}"
@@ -540,13 +540,13 @@ if [ -n "${result[labimg]:-}" ] && [ -n "${result[reference]:-}" ]; then
         printf "ratio labimg/reference: p50 %s  p99 %s  max %s (lower is better)\n",
             (b > 0 ? sprintf("%.2f", a / b) : "-"), (d > 0 ? sprintf("%.2f", c / d) : "-"), (f > 0 ? sprintf("%.2f", e / f) : "-") }'
 fi
-for t in $targets; do
-    if grep -q failed "$work/$t.nodes" || awk '$4 > 0 {found = 1} END {exit !found}' "$work/$t.nodes"; then
-        echo "-- $t: nodes with failed attempts (node, state, seconds, failed attempts, bytes, dhcp s, steps):"
-        awk '$2 == "failed" || $4 > 0' "$work/$t.nodes" | head -20
-        first=$(awk '$2 == "failed" || $4 > 0 {print $1; exit}' "$work/$t.nodes")
+for tgt in $targets; do
+    if grep -q failed "$work/$tgt.nodes" || awk '$4 > 0 {found = 1} END {exit !found}' "$work/$tgt.nodes"; then
+        echo "-- $tgt: nodes with failed attempts (node, state, seconds, failed attempts, bytes, dhcp s, steps):"
+        awk '$2 == "failed" || $4 > 0' "$work/$tgt.nodes" | head -20
+        first=$(awk '$2 == "failed" || $4 > 0 {print $1; exit}' "$work/$tgt.nodes")
         echo "   first such node's log:"
-        sed 's/^/   /' "$work/node/$t/$first/log" | head -10
+        sed 's/^/   /' "$work/node/$tgt/$first/log" | head -10
     fi
 done
 if [ "$flow" = x86 ]; then
