@@ -105,11 +105,12 @@ fn running_transfers_finish_after_sigterm_and_new_ones_are_refused() {
     let signalled = Instant::now();
     srv.signal("-TERM");
     srv.wait_for("draining", Duration::from_secs(5));
-    // A new HTTP connection is refused (curl exit 7: could not connect) ...
+    // A new HTTP request is not served: refused (curl exit 7) once the listener is
+    // gone, or cut (52/56) if it raced the listener's close.
     let (rc, _, err) = curl(&[&format!("http://127.0.0.1:{http}/healthz")]);
-    assert_eq!(
-        rc, 7,
-        "a new HTTP request during the drain got through: {err}"
+    assert!(
+        matches!(rc, 7 | 52 | 56),
+        "a new HTTP request during the drain got through (curl exit {rc}): {err}"
     );
     assert!(
         srv.child.try_wait().unwrap().is_none(),

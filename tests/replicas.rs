@@ -161,7 +161,7 @@ fn a_short_token_key_stops_serve_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("short.key") && err.contains("8 bytes") && err.contains("at least 16"),
+        err.contains("short.key") && err.contains("8 bytes") && err.contains("at least 32"),
         "{err}"
     );
 }

@@ -29,6 +29,9 @@ const SOLICITATION: u8 = 133;
 const ADVERTISEMENT: u8 = 134;
 /// At most one advertisement per interval; solicitations in between are answered by
 /// one advertisement at its end (it is multicast, so it reaches every solicitor).
+/// Deliberately shorter than RFC 4861's 3 s MIN_DELAY_BETWEEN_RAS: firmware that
+/// solicits just after an answer would wait up to 3 s more, the delay this module
+/// exists to remove; one small packet a second at most stays negligible.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When `labimg serve` sends router advertisements.
@@ -205,9 +208,19 @@ pub fn spawn(
         tracing::info!("no --interface: no IPv6 router advertisements");
         return Ok(());
     };
-    let adv = Advertiser::bind(interface)?;
-    tasks.spawn(adv.run());
-    Ok(())
+    match Advertiser::bind(interface) {
+        Ok(adv) => {
+            tasks.spawn(adv.run());
+            Ok(())
+        }
+        // The default must not stop a server that ran before advertisements existed
+        // (a host booted with ipv6.disable=1 has no ICMPv6 socket).
+        Err(e) if opts.router_advert == RouterAdvert::Auto => {
+            tracing::warn!("no IPv6 router advertisements on {interface}: {e:#}");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {

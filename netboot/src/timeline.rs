@@ -115,7 +115,11 @@ impl Timeline {
         };
         let new_boot = match inner.boots.get(&mac) {
             None => true,
-            Some(b) if milestone == "dhcp-discover" => b.has("boot-script") || b.age() > SAME_BOOT,
+            // A Pi boots over TFTP, with no boot script: a boot that reached its
+            // events is over too.
+            Some(b) if milestone == "dhcp-discover" => {
+                b.has("boot-script") || b.has("booted") || b.age() > SAME_BOOT
+            }
             // A node that reports "booted" again without the server seeing its
             // firmware (another DHCP server, or a disk boot) starts a boot too.
             Some(b) if milestone == "booted" => b.has("booted"),
@@ -231,6 +235,25 @@ mod tests {
         assert_eq!(t.mark(m, "k3s-started"), None);
         t.mark(m, "dhcp-discover");
         assert_eq!(t.of(&m).unwrap().marks.len(), 1);
+    }
+
+    /// A Pi (TFTP, no boot script) that reboots quickly gets a new boot, not its
+    /// marks dropped onto the finished one.
+    #[test]
+    fn a_quick_reboot_without_a_boot_script_is_a_new_boot() {
+        let t = Timeline::default();
+        let m = mac("d8:3a:dd:00:00:01");
+        t.mark(m, "dhcp-discover");
+        t.mark(m, "booted");
+        assert!(t.mark(m, "k3s-started").is_some());
+        t.mark(m, "dhcp-discover");
+        let b = t.of(&m).unwrap();
+        assert_eq!(b.marks.len(), 1, "{b:?}");
+        t.mark(m, "booted");
+        assert!(
+            t.mark(m, "k3s-started").is_some(),
+            "the second boot is timed too"
+        );
     }
 
     #[test]

@@ -40,8 +40,9 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
-/// Fewest key bytes accepted: 128 bits, what `openssl rand -hex 16` gives as text.
-pub const MIN_KEY_BYTES: usize = 16;
+/// Fewest key bytes accepted: 32, which as hex text (`openssl rand -hex 16`) is 128
+/// bits (the file's bytes are the key, whatever they encode).
+pub const MIN_KEY_BYTES: usize = 32;
 
 impl TokenKey {
     /// The key's bytes (surrounding whitespace, such as a final newline, is not part
@@ -132,6 +133,16 @@ impl TokenStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        if key.is_some() && !state.node_passwords.is_empty() {
+            let hosts: Vec<&str> = state.node_passwords.keys().map(String::as_str).collect();
+            tracing::warn!(
+                "--token-key derives k3s node passwords, which replace those kept in {} for \
+                 {}: k3s refuses these nodes until their <hostname>.node-password.k3s \
+                 Secrets in kube-system are deleted",
+                path.display(),
+                hosts.join(", ")
+            );
+        }
         Ok(Self {
             path,
             state: Mutex::new(state),
@@ -252,7 +263,7 @@ mod tests {
         assert_eq!(ra.token_for("n1", Some("given")).unwrap(), "given");
         // Derived, nothing written; another key derives other secrets.
         assert!(!a.path().join("tokens.json").exists());
-        let other = TokenKey::new(b"another key, 16+ bytes long").unwrap();
+        let other = TokenKey::new(b"another key, at least 32 bytes long").unwrap();
         let rc = TokenStore::open_with_key(a.path(), Some(other)).unwrap();
         assert_ne!(rc.token_for("n1", None).unwrap(), t);
         // Without a key: random, so two replicas disagree (the reason for the key).
@@ -272,7 +283,7 @@ mod tests {
     #[test]
     fn a_short_or_empty_key_is_refused() {
         let e = TokenKey::new(b"  short\n").unwrap_err().to_string();
-        assert!(e.contains("5 bytes") && e.contains("at least 16"), "{e}");
+        assert!(e.contains("5 bytes") && e.contains("at least 32"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("key");
         std::fs::write(&p, "\n").unwrap();
