@@ -5,15 +5,13 @@
 //! binaries fetched into the state folder and handed to a TFTP client (curl) and over
 //! HTTP.
 
-use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_labimg");
-const IPXE_FILES: [&str; 4] = ["undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe-arm64.efi"];
+mod common;
+
+use common::{BIN, IPXE_FILES, Server, free_ports};
 
 /// A tiny images folder, an inventory and a state folder.
 fn layout(root: &Path) {
@@ -25,15 +23,6 @@ fn layout(root: &Path) {
         "[default]\naction = \"ignore\"\n",
     )
     .unwrap();
-}
-
-fn free_ports() -> (u16, u16) {
-    let http = TcpListener::bind("127.0.0.1:0").unwrap();
-    let tftp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    (
-        http.local_addr().unwrap().port(),
-        tftp.local_addr().unwrap().port(),
-    )
 }
 
 /// `serve` arguments for loopback, DHCP off.
@@ -58,92 +47,6 @@ fn serve_args(root: &Path, http: u16, tftp: u16) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-/// A running server whose stderr lines arrive on a channel; SIGTERMed on drop.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Server {
-    fn start(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .env_remove("RUST_LOG")
-            .env_remove("LABIMG_LOG_FORMAT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting labimg serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Server {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle`; panics with everything seen on timeout
-    /// or exit.
-    fn wait_for(&mut self, needle: &str, timeout: Duration) {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    let hit = l.contains(needle);
-                    self.seen.push(l);
-                    if hit {
-                        return;
-                    }
-                }
-                Err(e) => panic!(
-                    "no {needle:?} from labimg serve ({e}); it said:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// SIGTERM, wait for the exit, and return every stderr line.
-    fn stop(mut self) -> Vec<String> {
-        self.term();
-        let status = self.child.wait().unwrap();
-        self.seen.extend(self.lines.iter());
-        assert!(
-            status.success(),
-            "labimg serve exited with {status} after SIGTERM:\n{}",
-            self.seen.join("\n")
-        );
-        std::mem::take(&mut self.seen)
-    }
-
-    fn term(&self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.term();
-            std::thread::sleep(Duration::from_millis(200));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 /// `labimg serve` on the layout under `root` at `http`/`tftp`, with stand-in iPXE

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_labimg");
 pub const CP_MAC: &str = "52:54:00:12:34:56";
+/// The iPXE binaries serve hands out (stand-ins in these tests: nothing fetched).
+pub const IPXE_FILES: [&str; 4] = ["undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe-arm64.efi"];
 
 /// Deterministic pseudo-random bytes (xorshift), so a byte-compare means something.
 pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
@@ -52,7 +54,7 @@ pub fn layout(root: &Path, kernel_len: usize) {
         )
         .as_bytes(),
     );
-    for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "ipxe-arm64.efi"] {
+    for f in IPXE_FILES {
         write(&root.join("ipxe").join(f), b"stand-in");
     }
 }
@@ -95,7 +97,8 @@ pub fn serve_command(root: &Path, state: &str, http: u16, tftp: u16) -> Command 
     cmd
 }
 
-/// A running server whose stderr lines arrive on a channel; killed on drop.
+/// A running server whose stderr lines arrive on a channel; SIGTERMed, then killed,
+/// on drop.
 pub struct Server {
     pub child: Child,
     lines: mpsc::Receiver<String>,
@@ -103,8 +106,12 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts `cmd` (the log settings of the test's environment removed: tests read
+    /// serve's default text lines).
     pub fn start(mut cmd: Command) -> Self {
         let mut child = cmd
+            .env_remove("RUST_LOG")
+            .env_remove("LABIMG_LOG_FORMAT")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -156,6 +163,19 @@ impl Server {
         assert!(ok, "kill {sig} failed");
     }
 
+    /// SIGTERM, wait for the exit (which must be clean), and return every stderr line.
+    pub fn stop(mut self) -> Vec<String> {
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        assert!(
+            status.success(),
+            "labimg serve exited with {status} after SIGTERM:\n{}",
+            self.seen.join("\n")
+        );
+        std::mem::take(&mut self.seen)
+    }
+
     /// Waits up to `timeout` for the exit; its status and every stderr line.
     pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, Vec<String>) {
         let deadline = Instant::now() + timeout;
@@ -180,6 +200,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_millis(200));
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
