@@ -1,10 +1,10 @@
 //! Dates as labimg writes them: a leaf module (no crate imports), so anything may use
 //! it without an import cycle (tests/module_graph.rs).
 
-/// `YYYY-MM-DDThh:mm:ssZ` for seconds since the epoch (civil-from-days).
-pub fn rfc3339(epoch: u64) -> String {
+/// A Unix time in UTC as (year, month 1–12, day 1–31, seconds into the day), by
+/// Howard Hinnant's civil-from-days.
+pub fn civil(epoch: u64) -> (i64, i64, i64, u64) {
     let days = (epoch / 86_400) as i64;
-    let secs = epoch % 86_400;
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -14,6 +14,12 @@ pub fn rfc3339(epoch: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, epoch % 86_400)
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ` for seconds since the epoch.
+pub fn rfc3339(epoch: u64) -> String {
+    let (y, m, d, secs) = civil(epoch);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         secs / 3600,

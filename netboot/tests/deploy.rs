@@ -615,6 +615,20 @@ fn kubernetes_base_validates_and_keeps_its_promises() {
 /// A seeded mistake: an edit of the rendered DaemonSet.
 type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
 
+/// Sets `key` of the volume mount `name` of the container at pointer `c` in `d`.
+fn set_mount(d: &mut serde_json::Value, c: &str, name: &str, key: &str, v: serde_json::Value) {
+    for m in d
+        .pointer_mut(&format!("{c}/volumeMounts"))
+        .unwrap()
+        .as_array_mut()
+        .unwrap()
+    {
+        if m["name"] == name {
+            m[key] = v.clone();
+        }
+    }
+}
+
 /// Seeded mistakes are caught: by the schema (a misspelt field, a port as a
 /// string, an unknown key in the probe) and by the promises (an extra
 /// capability, no host network, images writable, the inventory by subPath, the
@@ -670,33 +684,11 @@ fn a_broken_kubernetes_manifest_fails() {
         ),
         (
             "images",
-            Box::new(move |d| {
-                for m in d
-                    .pointer_mut(&format!("{c}/volumeMounts"))
-                    .unwrap()
-                    .as_array_mut()
-                    .unwrap()
-                {
-                    if m["name"] == "images" {
-                        m["readOnly"] = json!(false);
-                    }
-                }
-            }),
+            Box::new(move |d| set_mount(d, c, "images", "readOnly", json!(false))),
         ),
         (
             "subPath",
-            Box::new(move |d| {
-                for m in d
-                    .pointer_mut(&format!("{c}/volumeMounts"))
-                    .unwrap()
-                    .as_array_mut()
-                    .unwrap()
-                {
-                    if m["name"] == "inventory" {
-                        m["subPath"] = json!("inventory.toml");
-                    }
-                }
-            }),
+            Box::new(move |d| set_mount(d, c, "inventory", "subPath", json!("inventory.toml"))),
         ),
         (
             "livenessProbe",

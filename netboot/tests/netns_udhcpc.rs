@@ -153,9 +153,9 @@ impl Lab {
 }
 
 impl Lab {
-    /// Fetches a URL with curl from the client namespace.
-    fn curl(&self, url: &str) -> Vec<u8> {
-        let out = Command::new("ip")
+    /// `curl -sf --max-time SECS URL` from the client namespace.
+    fn client_curl(&self, secs: &str, url: &str) -> std::process::Output {
+        Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -163,11 +163,16 @@ impl Lab {
                 "curl",
                 "-sf",
                 "--max-time",
-                "20",
+                secs,
                 url,
             ])
             .output()
-            .expect("running curl");
+            .expect("running curl")
+    }
+
+    /// Fetches a URL with curl from the client namespace.
+    fn curl(&self, url: &str) -> Vec<u8> {
+        let out = self.client_curl("20", url);
         assert!(out.status.success(), "curl {url}: {:?}", out.status);
         out.stdout
     }
@@ -190,20 +195,10 @@ impl Lab {
     /// Waits until the server answers HTTP, so it has bound every socket.
     fn wait_for_server(&self) {
         for _ in 0..100 {
-            let ok = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.cli_ns,
-                    "curl",
-                    "-sf",
-                    "--max-time",
-                    "1",
-                ])
-                .arg("http://10.9.0.1:8080/healthz")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
+            let ok = self
+                .client_curl("1", "http://10.9.0.1:8080/healthz")
+                .status
+                .success();
             if ok {
                 return;
             }

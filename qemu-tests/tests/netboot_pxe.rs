@@ -353,23 +353,12 @@ fn x86_64_bios_pxe_in_proxy_mode_beside_a_router_boots_to_the_k3s_stand_in() {
         })
         .collect();
     let names: Vec<&str> = marks.iter().map(|(n, _)| n.as_str()).collect();
+    // Every milestone, in the order the server lists them (the node's events come
+    // last: it posts them from stage 2, once it has its config, and the server stamps
+    // them as they arrive).
     assert_eq!(
         names,
-        [
-            "dhcp-discover",
-            "dhcp-offer",
-            "boot-script",
-            "kernel",
-            "initrd",
-            "root-image",
-            // The node posts its events from stage 2, once it has its config: the
-            // server stamps them as they arrive.
-            "booted",
-            "root-verified",
-            "network-up",
-            "config-fetched",
-            "k3s-started"
-        ],
+        labimg_netboot::timeline::MILESTONES,
         "the server's timeline of the boot: {boot}"
     );
     assert!(

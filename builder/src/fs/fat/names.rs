@@ -158,19 +158,7 @@ pub(super) fn short_entry(
 /// DOS (date, time) for a Unix time, in UTC, clamped to 1980–2107.
 fn dos_datetime(unix: u64) -> (u16, u16) {
     const MIN: u64 = 315_532_800; // 1980-01-01
-    let t = unix.max(MIN);
-    let days = (t / 86_400) as i64;
-    let secs = t % 86_400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day, secs) = crate::date::civil(unix.max(MIN));
     if year > 2107 {
         return (0xff9f, 0xbf7d); // 2107-12-31 23:59:58
     }
