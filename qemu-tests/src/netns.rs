@@ -232,3 +232,27 @@ impl Drop for Netns {
             .status();
     }
 }
+
+/// A boot test's home LAN: namespace `<prefix>-<pid>` whose bridge is 10.`net`.0.1/24
+/// with tap `tap0`, chrony serving time on 10.`net`.0.1, and dnsmasq leasing
+/// 10.`net`.0.100–150 (naming itself DNS and NTP server). Fields drop in order:
+/// the servers stop before the namespace goes.
+#[derive(Debug)]
+pub struct HomeLan {
+    pub dhcp: Daemon,
+    pub ntp: Daemon,
+    pub ns: Netns,
+}
+
+impl HomeLan {
+    pub fn start(prefix: &str, net: u8) -> Result<HomeLan> {
+        let ns = Netns::create(
+            &format!("{prefix}-{}", std::process::id()),
+            &format!("10.{net}.0.1/24"),
+        )?;
+        ns.add_tap("tap0")?;
+        let ntp = ns.chrony_server(&format!("10.{net}.0.1"))?;
+        let dhcp = ns.dnsmasq_dhcp(&format!("10.{net}.0.100"), &format!("10.{net}.0.150"))?;
+        Ok(HomeLan { dhcp, ntp, ns })
+    }
+}

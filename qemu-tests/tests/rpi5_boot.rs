@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use labimg_qemu_tests::netns::Netns;
+use labimg_qemu_tests::netns::HomeLan;
 use labimg_qemu_tests::ssh::{Login, boot_and_log_in, keygen, profile_key, profile_ssh_table};
 use labimg_qemu_tests::{Vm, build_once, pi5_boot_files, raw_image};
 
@@ -50,16 +50,8 @@ fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
     let (kernel, initrd, append) = pi5_boot_files(&raw, scratch.path());
     eprintln!("build and boot files: {:.0?}", started.elapsed());
 
-    let ns = Netns::create(
-        &format!("labimg-rpi5-{}", std::process::id()),
-        &format!("10.{NET}.0.1/24"),
-    )
-    .unwrap();
-    ns.add_tap("tap0").unwrap();
-    let _ntp = ns.chrony_server(&format!("10.{NET}.0.1")).unwrap();
-    let _dhcp = ns
-        .dnsmasq_dhcp(&format!("10.{NET}.0.100"), &format!("10.{NET}.0.150"))
-        .unwrap();
+    let lan = HomeLan::start("labimg-rpi5", NET).unwrap();
+    let ns = &lan.ns;
     let good = profile_key();
     let wrong = scratch.path().join("wrong_ed25519");
     keygen(&wrong, "not-in-the-profile");
@@ -77,7 +69,7 @@ fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
         .tap_nic("tap0", MAC)
         .in_netns(ns.name())
         .stand_in_mode("run");
-    let (log, _) = boot_and_log_in(&ns, vm, Duration::from_secs(400), &login, |client| {
+    let (log, _) = boot_and_log_in(ns, vm, Duration::from_secs(400), &login, |client| {
         // Stage 1's and early stage 2's milestones (said before syslogd ran) are in
         // the persisted log, replayed in the order they were said.
         let out = client.ssh(

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use labimg_qemu_tests::netns::Netns;
+use labimg_qemu_tests::netns::{HomeLan, Netns};
 use labimg_qemu_tests::ssh::{Login, boot_and_log_in, keygen, profile_key, profile_ssh_table};
 use labimg_qemu_tests::{SerialLog, Vm, build_once, qcow2_overlay};
 
@@ -50,20 +50,12 @@ fn ssh_logs_in_with_the_profiles_key_only_and_the_host_key_is_kept() {
         wrong: &wrong,
     };
 
-    let ns = Netns::create(
-        &format!("labimg-ssh-{}", std::process::id()),
-        &format!("10.{NET}.0.1/24"),
-    )
-    .unwrap();
-    ns.add_tap("tap0").unwrap();
-    let _ntp = ns.chrony_server(&format!("10.{NET}.0.1")).unwrap();
-    let _dhcp = ns
-        .dnsmasq_dhcp(&format!("10.{NET}.0.100"), &format!("10.{NET}.0.150"))
-        .unwrap();
+    let lan = HomeLan::start("labimg-ssh", NET).unwrap();
+    let ns = &lan.ns;
     let disk = work.path().join("disk.qcow2");
     qcow2_overlay(&out.join("proxmox.qcow2"), "qcow2", &disk, Some("4G")).unwrap();
 
-    let (first, fps1) = boot(&ns, &disk, "ssh-boot-1", &login);
+    let (first, fps1) = boot(ns, &disk, "ssh-boot-1", &login);
     first.assert_absent("labimg: FATAL");
     first.assert_absent("labimg: WARNING: ssh");
     // The SSH server and the session that ran poweroff were stopped before /var.
@@ -83,7 +75,7 @@ fn ssh_logs_in_with_the_profiles_key_only_and_the_host_key_is_kept() {
     );
 
     // The same disk again: the host keys come from STATE.
-    let (second, fps2) = boot(&ns, &disk, "ssh-boot-2", &login);
+    let (second, fps2) = boot(ns, &disk, "ssh-boot-2", &login);
     second.assert_absent("labimg: FATAL");
     second.assert_absent("/var busy");
     second.assert_in_order(&[
