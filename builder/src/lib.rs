@@ -28,5 +28,6 @@ pub mod sbom;
 pub mod target;
 pub mod tool;
 pub mod tree;
+pub mod uki;
 pub mod upgrade;
 pub mod verity;
