@@ -15,9 +15,13 @@ use labimg_qemu_tests::{
 };
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+/// The short-lease LAN's lease time, and how many renewals the proxmox VM must show
+/// (udhcpc renews at half the lease) before it is shut down.
+const LEASE_SECS: u32 = 20;
+const RENEWALS: usize = 3;
 
 /// The LAN's DHCP server: dnsmasq (hour-long leases), or busybox udhcpd with
-/// 60-second leases, which a node must keep renewing.
+/// 20-second leases, which a node must keep renewing.
 enum Dhcp {
     Dnsmasq(Daemon),
     ShortLeases(Daemon),
@@ -45,7 +49,7 @@ impl Lan {
         let (first, last) = (format!("10.{net}.0.100"), format!("10.{net}.0.150"));
         let dhcp = if short_leases {
             let router = format!("10.{net}.0.1");
-            Dhcp::ShortLeases(ns.udhcpd(&first, &last, &router, 60).unwrap())
+            Dhcp::ShortLeases(ns.udhcpd(&first, &last, &router, LEASE_SECS).unwrap())
         } else {
             Dhcp::Dnsmasq(ns.dnsmasq_dhcp(&first, &last).unwrap())
         };
@@ -245,8 +249,9 @@ fn assert_stop_sequence(log: &SerialLog, action: &str, end: &str) {
     );
 }
 
-/// The proxmox image on three boots: VM 1 runs for a few minutes on 60-second DHCP
-/// leases and is shut down with the power button (ACPI, as Proxmox's Shutdown does);
+/// The proxmox image on three boots: VM 1 runs on 20-second DHCP leases until it
+/// renewed three times and is shut down with the power button (ACPI, as Proxmox's
+/// Shutdown does);
 /// VM 2 is another machine; VM 1 boots again and is rebooted with busybox `reboot`.
 #[test]
 fn shipped_proxmox_image_boots_any_vm_into_a_single_node_server() {
@@ -265,14 +270,14 @@ fn shipped_proxmox_image_boots_any_vm_into_a_single_node_server() {
     for d in [&disk1, &disk2] {
         qcow2_overlay(&qcow2, "qcow2", d, Some("4G")).unwrap();
     }
-    // Five renewals of a 60-second lease (one every ~30 s), then the power button.
+    // Three renewals of a 20-second lease (one every ~10 s), then the power button.
     let first = vm(&disk1, "tap0", "52:54:00:78:00:01", "shipped-pve-1")
         .extra_args(RTC_IN_THE_PAST)
         .stand_in_mode("run")
         .boot_with(
             None,
-            BOOT_TIMEOUT + Duration::from_secs(240),
-            &[("labimg: dhcp renewed", 5, "system_powerdown")],
+            BOOT_TIMEOUT + Duration::from_secs(60),
+            &[("labimg: dhcp renewed", RENEWALS, "system_powerdown")],
         )
         .unwrap();
     let c1 = assert_default_server(&first, &lan, 78, "52:54:00:78:00:01", POWER_BUTTON);
@@ -282,11 +287,11 @@ fn shipped_proxmox_image_boots_any_vm_into_a_single_node_server() {
     let up = first.lines_with("labimg: network up if=eth0 ip=");
     let ip = up[0].split("ip=").nth(1).unwrap().trim();
     assert!(
-        renewals.len() >= 5
+        renewals.len() >= RENEWALS
             && renewals
                 .iter()
-                .all(|l| l.contains(&format!("ip={ip} lease=60s unchanged"))),
-        "the 60-second lease of {ip} was not kept renewed: {renewals:#?}; log: {}",
+                .all(|l| l.contains(&format!("ip={ip} lease={LEASE_SECS}s unchanged"))),
+        "the {LEASE_SECS}-second lease of {ip} was not kept renewed: {renewals:#?}; log: {}",
         first.keep().display()
     );
     assert_stop_sequence(&first, "poweroff", POWER_BUTTON);
