@@ -270,3 +270,80 @@ fn write_requests_are_refused() {
     assert_eq!(&pkt[..4], &[0, 5, 0, 2]);
     assert!(!f.shared.cfg.ipxe_dir.join("upload.bin").exists());
 }
+
+/// Beyond the transfer bound a request waits for a slot instead of being refused, and
+/// its retransmissions while it waits start no second transfer.
+#[test]
+fn a_request_beyond_the_bound_waits_for_a_slot() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let f = fixture(8080);
+    let t = rt
+        .block_on(Tftp::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            f.shared.clone(),
+            1,
+            None,
+        ))
+        .unwrap();
+    let addr = t.local_addr().unwrap();
+    rt.spawn(t.run());
+    let name = format!("{PI_SERIAL}/vmlinuz");
+    // A holds the only slot: its OACK is not acknowledged yet.
+    let a = client();
+    a.send_to(&rrq(&name, &[("blksize", "1468")]), addr)
+        .unwrap();
+    let (oack, a_peer) = recv(&a);
+    assert_eq!(&oack[..2], &[0, 6]);
+    // B asks, and asks again as a client whose request went unanswered does.
+    let b = client();
+    b.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let request = rrq(&name, &[("blksize", "1468")]);
+    b.send_to(&request, addr).unwrap();
+    let mut buf = [0u8; 2048];
+    assert!(
+        b.recv_from(&mut buf).is_err(),
+        "B is answered (refused?) while A holds the only slot"
+    );
+    b.send_to(&request, addr).unwrap();
+    // A finishes; B's transfer starts and completes.
+    a.send_to(&ack(0), a_peer).unwrap();
+    let mut expect: u16 = 1;
+    loop {
+        let (p, _) = recv(&a);
+        a.send_to(&ack(expect), a_peer).unwrap();
+        expect += 1;
+        if p.len() - 4 < 1468 {
+            break;
+        }
+    }
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (oack, b_peer) = recv(&b);
+    assert_eq!(&oack[..2], &[0, 6], "B got {oack:?} instead of its OACK");
+    b.send_to(&ack(0), b_peer).unwrap();
+    let mut data = Vec::new();
+    let mut expect: u16 = 1;
+    loop {
+        let (p, from) = recv(&b);
+        assert_eq!(
+            from, b_peer,
+            "a second transfer answered B's repeated request"
+        );
+        data.extend_from_slice(&p[4..]);
+        b.send_to(&ack(expect), b_peer).unwrap();
+        expect += 1;
+        if p.len() - 4 < 1468 {
+            break;
+        }
+    }
+    assert!(data == f.pi_kernel);
+    b.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    assert!(
+        b.recv_from(&mut buf).is_err(),
+        "B's repeated request started a second transfer"
+    );
+    let m = &f.shared.metrics;
+    let count = |result| m.get("labimg_tftp_requests_total", &[("result", result)]);
+    assert_eq!((count("queued"), count("repeat"), count("busy")), (1, 1, 0));
+}

@@ -1,13 +1,16 @@
 //! A small read-only TFTP server (RFC 1350) with options (RFC 2347), blksize
 //! (2348), tsize and timeout (2349) and windowsize (7440); one task and one socket
-//! per transfer, bounded in number. On a stop signal it takes no more requests and
-//! waits for the running transfers ([`Tftp::run_until`]).
+//! per transfer, bounded in number. A request beyond the bound waits in a queue (up to
+//! [`QUEUE_WAIT`]) for a running transfer to end, instead of being refused: a Pi 5 that
+//! gets an error for its kernel does not come back for minutes. On a stop signal it
+//! takes no more requests and waits for the running transfers ([`Tftp::run_until`]).
 
 pub mod files;
 pub mod packet;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -24,13 +27,22 @@ pub const MAX_BLKSIZE: usize = 65464;
 pub const MAX_WINDOW: u16 = 64;
 /// Retransmissions before a transfer is abandoned.
 const MAX_RETRIES: u32 = 5;
+/// How long a read request waits for a free transfer slot before it gets
+/// `server busy`. Clients retransmit an unanswered request (the Pi 5 after about a
+/// second, curl after its timeout); those copies are dropped while the first one
+/// waits, so one transfer starts per request however long it waited.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(20);
+
+/// Requests waiting for a slot: (client address, file name).
+type Queue = Arc<Mutex<HashSet<(SocketAddr, String)>>>;
 
 /// The TFTP service.
 #[derive(Debug)]
 pub struct Tftp {
-    sock: UdpSocket,
+    sock: Arc<UdpSocket>,
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
+    queue: Queue,
     max_transfers: usize,
     max_blksize: usize,
 }
@@ -59,9 +71,10 @@ impl Tftp {
             .map(|m| (m as usize).saturating_sub(32).clamp(8, MAX_BLKSIZE))
             .unwrap_or(MAX_BLKSIZE);
         Ok(Self {
-            sock,
+            sock: Arc::new(sock),
             shared,
             slots: Arc::new(Semaphore::new(max_transfers.max(1))),
+            queue: Queue::default(),
             max_transfers: max_transfers.max(1),
             max_blksize,
         })
@@ -111,27 +124,55 @@ impl Tftp {
                             .await;
                         continue;
                     }
-                    let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                        m.inc("labimg_tftp_requests_total", &[("result", "busy")]);
-                        let _ = self
-                            .sock
-                            .send_to(
-                                &reply_err(packet::E_UNDEFINED, "server busy, retry later"),
-                                peer,
-                            )
-                            .await;
-                        continue;
-                    };
                     let shared = self.shared.clone();
                     let local = self.sock.local_addr()?;
                     let max_blksize = self.max_blksize;
-                    tokio::spawn(async move {
-                        let r = serve_rrq(&shared, local, peer, &file, &options, max_blksize).await;
-                        if let Err(e) = r {
-                            tracing::warn!(%peer, "TFTP {file}: {e:#}");
+                    let permit = match self.slots.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => {
+                            let key = (peer, file.clone());
+                            if !self.queue.lock().unwrap().insert(key.clone()) {
+                                // A retransmission of a request that is already waiting.
+                                m.inc("labimg_tftp_requests_total", &[("result", "repeat")]);
+                                continue;
+                            }
+                            m.inc("labimg_tftp_requests_total", &[("result", "queued")]);
+                            let (slots, queue, sock) =
+                                (self.slots.clone(), self.queue.clone(), self.sock.clone());
+                            let mut stop = stop.clone();
+                            tokio::spawn(async move {
+                                let permit = tokio::select! {
+                                    p = slots.acquire_owned() => p.ok(),
+                                    _ = tokio::time::sleep(QUEUE_WAIT) => None,
+                                    _ = stopped(&mut stop) => None,
+                                };
+                                queue.lock().unwrap().remove(&key);
+                                let Some(permit) = permit else {
+                                    shared
+                                        .metrics
+                                        .inc("labimg_tftp_requests_total", &[("result", "busy")]);
+                                    let busy = packet::error(
+                                        packet::E_UNDEFINED,
+                                        "server busy, retry later",
+                                    );
+                                    let _ = sock.send_to(&busy, peer).await;
+                                    return;
+                                };
+                                transfer(shared, local, peer, file, options, max_blksize, permit)
+                                    .await;
+                            });
+                            continue;
                         }
-                        drop(permit);
-                    });
+                    };
+                    tokio::spawn(transfer(
+                        shared,
+                        local,
+                        peer,
+                        file,
+                        options,
+                        max_blksize,
+                        permit,
+                    ));
                 }
                 Some(Packet::Request { .. }) => {
                     m.inc("labimg_tftp_requests_total", &[("result", "write-refused")]);
@@ -158,6 +199,7 @@ impl Tftp {
             max_transfers,
             ..
         } = self;
+        // Queued requests hold a clone until they start or give up (they see `stop`).
         drop(sock);
         let running = max_transfers - slots.available_permits();
         tracing::info!("TFTP: no new requests; waiting for {running} running transfer(s)");
@@ -165,6 +207,29 @@ impl Tftp {
         let _ = slots.acquire_many(max_transfers as u32).await;
         Ok(())
     }
+}
+
+/// Resolves once `stop` turns true; never if its sender is gone without saying so.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One transfer, holding its slot until it ends.
+async fn transfer(
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    peer: SocketAddr,
+    file: String,
+    options: Vec<(String, String)>,
+    max_blksize: usize,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    if let Err(e) = serve_rrq(&shared, local, peer, &file, &options, max_blksize).await {
+        tracing::warn!(%peer, "TFTP {file}: {e:#}");
+    }
+    drop(permit);
 }
 
 /// Negotiates options: returns the parameters and the OACK options to send.
