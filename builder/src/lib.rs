@@ -25,6 +25,7 @@ pub mod profile;
 pub mod rootfs;
 pub mod rootimg;
 pub mod sbom;
+pub mod secureboot;
 pub mod target;
 pub mod tool;
 pub mod tree;
