@@ -6,6 +6,7 @@
 //! the path, so CI artifacts show what the console said.
 
 pub mod netns;
+pub mod secureboot;
 pub mod ssh;
 
 use std::fs::File;
@@ -179,6 +180,8 @@ pub struct Vm {
     work: tempfile::TempDir,
     /// Run QEMU in a new, empty network namespace (`unshare --net`).
     own_netns: bool,
+    /// Helpers that live as long as the VM (an swtpm daemon), dropped after QEMU exits.
+    guards: Vec<Box<dyn std::fmt::Debug + Send>>,
 }
 
 impl Vm {
@@ -222,6 +225,7 @@ impl Vm {
             binary: binary.to_owned(),
             work: tempfile::tempdir()?,
             own_netns: false,
+            guards: Vec::new(),
         })
     }
 

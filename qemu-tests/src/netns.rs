@@ -102,20 +102,9 @@ impl Netns {
     ) -> Result<Daemon> {
         let dir = tempfile::tempdir()?;
         let args = setup(dir.path())?;
-        let log = dir.path().join(format!("{program}.log"));
-        let child = self
-            .command(program)
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("starting {what}"))?;
-        Ok(Daemon {
-            child: Some(child),
-            dir,
-            log,
-        })
+        let mut cmd = self.command(program);
+        cmd.args(&args);
+        Daemon::spawn(cmd, program, what, dir)
     }
 
     /// Debian's dnsmasq as the LAN's DHCP server (no DNS, no TFTP): the "home router" a
@@ -194,6 +183,36 @@ impl Netns {
 }
 
 impl Daemon {
+    /// Starts `cmd` (stdin and stdout closed, stderr into `<dir>/<name>.log`) as a
+    /// daemon owning the scratch folder `dir`: the namespace servers above, and
+    /// [`crate::secureboot::Swtpm`].
+    pub(crate) fn spawn(
+        mut cmd: Command,
+        name: &str,
+        what: &str,
+        dir: tempfile::TempDir,
+    ) -> Result<Daemon> {
+        let log = dir.path().join(format!("{name}.log"));
+        let child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Daemon {
+            child: Some(child),
+            dir,
+            log,
+        })
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// What the daemon wrote to stderr so far (dnsmasq: its DHCP exchanges).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -1,0 +1,275 @@
+//! Secure Boot x86_64 machines: Debian's `OVMF_CODE_4M.secboot.fd` (SMM, secure
+//! pflash) with a per-test variable store holding a key set enrolled by
+//! `virt-fw-vars` (Debian's python3-virt-firmware), and an emulated TPM 2.0
+//! (`swtpm`) whose state folder outlives each boot.
+//!
+//! ```text
+//! let keys = KeySet::from_dir(&keygen_dir);            // PK.crt, KEK.crt, db.crt
+//! let vars = keys.vars(dir, SecureBoot::Enforcing)?;   // a private OVMF_VARS copy
+//! let tpm = TpmState::new()?;                          // kept across boots
+//! let log = Vm::x86_64_secure_boot("name", &vars)?.tpm(&tpm)?.scsi_disk(..)?.boot(..)?;
+//! ```
+//!
+//! What Debian's OVMF (2022.11) prints on the serial console when it refuses an
+//! image is in [`FIRMWARE_REFUSED`]; what systemd-boot prints when the firmware
+//! refuses an image it asked it to load, in [`SYSTEMD_BOOT_REFUSED`].
+//!
+//! Under TCG with SMM a firmware-only boot reaches systemd-boot in about 16 s
+//! (three boot options, two refused, measured 2026-11-29 on an idle 2-core host;
+//! 38 s for one refusal while builds shared the cores), and `virt-fw-vars` takes
+//! about 2 s per store: refusal tests share one boot ([`Vm::fat_disk`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::Daemon;
+use crate::{Vm, run};
+
+/// Debian's OVMF build with Secure Boot support (needs SMM and a secure pflash).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// Debian's empty variable store: no keys, the firmware is in setup mode and
+/// boots anything.
+pub const OVMF_VARS_EMPTY: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// The owner GUID the test enrolment gives labimg's certificates.
+pub const OWNER_GUID: &str = "6c61626d-6967-4000-8000-000000000001";
+
+/// Debian's OVMF (2022.11, secboot build), on the serial console, when Secure
+/// Boot refuses a boot option's image (`EFI/BOOT/BOOTX64.EFI`): the line is
+/// `BdsDxe: failed to load Boot0002 "UEFI Non-Block Boot Device" from
+/// PciRoot(0x0)/Pci(0x3,0x0): Access Denied` (the firmware then tries the next
+/// boot option: the NIC's iPXE, a disk without one). [`FIRMWARE_FAILED_TO_LOAD`]
+/// starts it, this ends it.
+pub const FIRMWARE_REFUSED: &str = ": Access Denied";
+/// The start of BdsDxe's line for a boot option it could not load (refused or
+/// missing: a missing file ends in `: Not Found`).
+pub const FIRMWARE_FAILED_TO_LOAD: &str = "BdsDxe: failed to load Boot";
+/// systemd-boot 257, when the firmware refuses the image of the entry it starts
+/// (a kernel or UKI not signed by db): `../src/boot/boot.c:2576@image_start: Error
+/// loading \labimg\a\vmlinuz: Access denied` ([`SYSTEMD_BOOT_LOAD_ERROR`] starts
+/// the message, this ends it: the firmware's status text, lower-case d). On
+/// Debian's OVMF the firmware then stops with an `X64 Exception Type - 0D(#GP`
+/// dump: nothing else boots after a refused entry.
+pub const SYSTEMD_BOOT_REFUSED: &str = ": Access denied";
+/// The start of systemd-boot's message for an entry whose image did not load.
+pub const SYSTEMD_BOOT_LOAD_ERROR: &str = "Error loading ";
+
+/// A Secure Boot key set as PEM certificates (what `virt-fw-vars` enrolls).
+#[derive(Debug, Clone)]
+pub struct KeySet {
+    pub pk: PathBuf,
+    pub kek: PathBuf,
+    pub db: PathBuf,
+}
+
+/// How the variable store [`KeySet::vars`] makes boots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureBoot {
+    /// PK, KEK and db enrolled, Secure Boot on: only images signed by db boot.
+    Enforcing,
+    /// The same keys enrolled, `SecureBootEnable` false: the firmware boots
+    /// anything and reports `SecureBoot` = 0 (Secure Boot turned off in setup).
+    Disabled,
+}
+
+impl KeySet {
+    /// The certificates of a `labimg secureboot keygen DIR` folder.
+    pub fn from_dir(dir: &Path) -> KeySet {
+        KeySet {
+            pk: dir.join("PK.crt"),
+            kek: dir.join("KEK.crt"),
+            db: dir.join("db.crt"),
+        }
+    }
+
+    /// Debian's snakeoil certificate (from package ovmf) as PK, KEK and db: for
+    /// harness tests that need keys without labimg's.
+    pub fn snakeoil() -> KeySet {
+        let pem = PathBuf::from("/usr/share/ovmf/PkKek-1-snakeoil.pem");
+        KeySet {
+            pk: pem.clone(),
+            kek: pem.clone(),
+            db: pem,
+        }
+    }
+
+    /// Writes `dir/<name>`, a copy of Debian's empty variable store with these keys
+    /// enrolled by `virt-fw-vars` and Secure Boot as `mode` says; returns its path.
+    pub fn vars_named(&self, dir: &Path, name: &str, mode: SecureBoot) -> Result<PathBuf> {
+        let out = dir.join(name);
+        let _ = std::fs::remove_file(&out);
+        let mut cmd = Command::new("virt-fw-vars");
+        cmd.arg("--input")
+            .arg(OVMF_VARS_EMPTY)
+            .arg("--output")
+            .arg(&out)
+            .args(["--set-pk", OWNER_GUID])
+            .arg(&self.pk)
+            .args(["--add-kek", OWNER_GUID])
+            .arg(&self.kek)
+            .args(["--add-db", OWNER_GUID])
+            .arg(&self.db);
+        match mode {
+            SecureBoot::Enforcing => cmd.arg("--secure-boot"),
+            SecureBoot::Disabled => cmd.args(["--set-false", "SecureBootEnable"]),
+        };
+        run(&mut cmd).context("enrolling keys with virt-fw-vars (python3-virt-firmware)")?;
+        Ok(out)
+    }
+
+    /// [`KeySet::vars_named`] as `dir/OVMF_VARS.<mode>.fd`.
+    pub fn vars(&self, dir: &Path, mode: SecureBoot) -> Result<PathBuf> {
+        let name = match mode {
+            SecureBoot::Enforcing => "OVMF_VARS.enforcing.fd",
+            SecureBoot::Disabled => "OVMF_VARS.disabled.fd",
+        };
+        self.vars_named(dir, name, mode)
+    }
+}
+
+/// `dir/OVMF_VARS.setup.fd`: a copy of Debian's empty store (no PK: setup mode,
+/// `SecureBoot` = 0, `SetupMode` = 1).
+pub fn setup_mode_vars(dir: &Path) -> Result<PathBuf> {
+    let out = dir.join("OVMF_VARS.setup.fd");
+    std::fs::copy(OVMF_VARS_EMPTY, &out).context("copying OVMF vars (is ovmf installed?)")?;
+    Ok(out)
+}
+
+/// An emulated TPM's state folder: it outlives the boots that use it (each boot
+/// starts its own swtpm on it), so what the node sealed in one boot unseals in the
+/// next; [`TpmState::new`] again is a fresh TPM (another machine's).
+#[derive(Debug)]
+pub struct TpmState {
+    dir: tempfile::TempDir,
+}
+
+impl TpmState {
+    /// A new, empty TPM (swtpm manufactures it on first use).
+    pub fn new() -> Result<TpmState> {
+        Ok(TpmState {
+            dir: tempfile::tempdir()?,
+        })
+    }
+
+    /// The state folder (`swtpm --tpmstate dir=`).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// An `swtpm socket --tpm2` daemon on a [`TpmState`], for one QEMU boot; killed on
+/// drop. [`Vm::tpm`] starts one and keeps it as long as the VM.
+#[derive(Debug)]
+pub struct Swtpm {
+    daemon: Daemon,
+    ctrl: PathBuf,
+}
+
+impl Swtpm {
+    /// Starts swtpm on `state` and waits for its control socket.
+    pub fn start(state: &TpmState) -> Result<Swtpm> {
+        let dir = tempfile::tempdir()?;
+        let ctrl = dir.path().join("swtpm.sock");
+        let mut cmd = Command::new("swtpm");
+        cmd.args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.path().display()))
+            .args(["--ctrl"])
+            .arg(format!("type=unixio,path={}", ctrl.display()))
+            .args(["--log", "level=1"]);
+        let mut daemon = Daemon::spawn(cmd, "swtpm", "swtpm (Debian package swtpm)", dir)?;
+        let start = Instant::now();
+        while !ctrl.exists() {
+            if !daemon.running() || start.elapsed() > Duration::from_secs(10) {
+                bail!(
+                    "swtpm did not open {}: {}",
+                    ctrl.display(),
+                    daemon.log().trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Swtpm { daemon, ctrl })
+    }
+
+    /// Its control socket (QEMU's `-chardev socket,path=`).
+    pub fn ctrl_socket(&self) -> &Path {
+        &self.ctrl
+    }
+
+    /// What swtpm wrote to stderr.
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+}
+
+impl Vm {
+    /// An x86_64 UEFI machine with Secure Boot firmware: q35 with SMM, the
+    /// secure pflash, [`OVMF_CODE_SECBOOT`] read-only and `vars` (made by
+    /// [`KeySet::vars`] or [`setup_mode_vars`]) as its variable store, used in
+    /// place: a second boot on the same file sees what the first wrote.
+    pub fn x86_64_secure_boot(name: &str, vars: &Path) -> Result<Vm> {
+        if !Path::new(OVMF_CODE_SECBOOT).exists() {
+            bail!("{OVMF_CODE_SECBOOT} is missing (Debian package ovmf)");
+        }
+        let mut vm = Vm::new(name, "qemu-system-x86_64", &["-machine", "q35,smm=on"])?;
+        vm.args.extend([
+            "-global".into(),
+            "driver=cfi.pflash01,property=secure,value=on".into(),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SECBOOT}"),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        ]);
+        Ok(vm)
+    }
+
+    /// A TPM 2.0 (TIS) backed by a new swtpm on `state`, stopped with the VM.
+    pub fn tpm(mut self, state: &TpmState) -> Result<Vm> {
+        let swtpm = Swtpm::start(state)?;
+        self.args.extend([
+            "-chardev".into(),
+            format!("socket,id=chrtpm,path={}", swtpm.ctrl_socket().display()),
+            "-tpmdev".into(),
+            "emulator,id=tpm0,chardev=chrtpm".into(),
+            "-device".into(),
+            "tpm-tis,tpmdev=tpm0".into(),
+        ]);
+        self.guards.push(Box::new(swtpm));
+        Ok(self)
+    }
+
+    /// Attaches a plain FAT image (`fat`, e.g. a copy of an ESP with one file
+    /// changed) as a VirtIO disk read through a snapshot, for firmware-only
+    /// refusal boots. The n-th such disk (from 0) is boot option n+1 in the
+    /// firmware's order and sits at PCI slot 0x10+n, so BdsDxe's line for it names
+    /// `Pci(0x1n,0x0)` ([`fat_disk_path`]): one boot can show the firmware
+    /// refusing several images, one per disk, in turn.
+    pub fn fat_disk(mut self, fat: &Path) -> Vm {
+        let n = self
+            .args
+            .iter()
+            .filter(|a| a.starts_with("file=") && a.contains(",id=fat"))
+            .count();
+        self.args.extend([
+            "-drive".into(),
+            format!(
+                "file={},if=none,id=fat{n},format=raw,snapshot=on",
+                fat.display()
+            ),
+            "-device".into(),
+            format!(
+                "virtio-blk-pci,drive=fat{n},bootindex={},addr={:#x}",
+                n + 1,
+                0x10 + n
+            ),
+        ]);
+        self
+    }
+}
+
+/// The device path BdsDxe names for the n-th [`Vm::fat_disk`] (from 0).
+pub fn fat_disk_path(n: usize) -> String {
+    format!("PciRoot(0x0)/Pci({:#X},0x0)", 0x10 + n).replace("0X", "0x")
+}
