@@ -106,6 +106,8 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         .map(crate::artifact::sign::load_secret_key)
         .transpose()?;
     check_upgrade_key(profile, sign_key.as_ref())?;
+    // Loaded before the long build too: a missing key folder fails at once.
+    let sb_keys = target::secure_boot_keys(profile, opts.secure_boot_keys.as_deref())?;
     let staging = Staging::create(&plan)?;
     let work = &staging.0;
 
@@ -130,7 +132,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     };
     let k3s = k3s_info(profile, opts.k3s_binary.as_deref())?;
     let nodes = step("render node configs", || NodeTable::render(profile, render))?;
-    let rootfs = step("assemble rootfs", || {
+    let mut rootfs = step("assemble rootfs", || {
         assemble_rootfs(
             profile,
             &inputs.kernel,
@@ -141,6 +143,13 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
             epoch,
         )
     })?;
+    if let Some(keys) = &sb_keys {
+        // Public: the upgrade agent checks a bundle's UKIs against it.
+        rootfs
+            .tree
+            .insert_file(target::DB_CERT_PATH, keys.db_cert_pem(), 0o644)?;
+        rootfs.tree.set_all_mtimes(epoch);
+    }
     let mut boot_tree = Tree::new();
     rootfs::unpack(&mut boot_tree, &inputs.boot)?;
 
@@ -167,7 +176,9 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         root: &root,
         boot_tree: &boot_tree,
         root_tree: &rootfs.tree,
+        kernel_version: &rootfs.kernel_version,
         epoch,
+        secure_boot: sb_keys.as_ref(),
     };
     step("write disk", || target.write_disk(&disk_inputs, &raw))?;
     if netboot && let Some((dir, files)) = target.netboot_files(&disk_inputs)? {
@@ -214,6 +225,17 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
                 &slot_a,
             )
         })?;
+        if let Some(keys) = &sb_keys {
+            step("write signed UKIs", || {
+                let dir = work.join(crate::upgrade::UKI_DIR);
+                std::fs::create_dir_all(&dir)?;
+                for slot in ["a", "b"] {
+                    let uki = target::signed_uki(target.as_ref(), &disk_inputs, keys, slot)?;
+                    std::fs::write(dir.join(format!("labimg-{slot}.efi")), uki)?;
+                }
+                Ok(())
+            })?;
+        }
         // An upgrade bundle is the netboot files plus upgrade.json and upgrade.env. Before
         // hash_outputs, so SHA256SUMS and the manifest list it.
         step("write upgrade bundle", || {
@@ -230,6 +252,10 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     }
     let nodes = step("write node configs", || write_node_dirs(work, &nodes))?;
 
+    let secure_boot = sb_keys
+        .as_ref()
+        .map(|k| secure_boot_record(k, &boot_tree, &resolved.boot))
+        .transpose()?;
     step("write sbom", || {
         use sha2::Digest;
         crate::sbom::write_sbom(
@@ -242,6 +268,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
                 kernel_version: &rootfs.kernel_version,
                 kernel_sha256: &hex::encode(sha2::Sha256::digest(&rootfs.kernel)),
                 epoch,
+                secure_boot: secure_boot.as_ref(),
             },
         )
     })?;
@@ -280,6 +307,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
             boot: resolved.boot.clone(),
         },
         outputs: outputs.clone(),
+        secure_boot,
     };
     manifest::write_manifest(work, &manifest)?;
     if let Some(key) = &sign_key {
@@ -429,4 +457,33 @@ fn publish(staging: &Path, dst: &Path) -> Result<()> {
         std::fs::remove_dir_all(&old)?;
     }
     Ok(())
+}
+
+/// `manifest.json`'s record of a Secure Boot build: the stub (path, package,
+/// version, sha256) and the db certificate (subject, fingerprint).
+fn secure_boot_record(
+    keys: &target::SecureBootKeys,
+    boot_tree: &Tree,
+    boot: &crate::debian::Resolution,
+) -> Result<manifest::SecureBootRecord> {
+    use sha2::Digest;
+    let stub = boot_tree
+        .get(crate::uki::STUB)
+        .and_then(|e| e.data())
+        .with_context(|| format!("systemd-boot-efi did not provide /{}", crate::uki::STUB))?;
+    let package = "systemd-boot-efi";
+    let version = boot
+        .get(package)
+        .map(|p| p.version.clone())
+        .with_context(|| format!("the boot packages do not include {package}"))?;
+    Ok(manifest::SecureBootRecord {
+        stub: manifest::StubRecord {
+            path: crate::uki::STUB.to_owned(),
+            package: package.to_owned(),
+            version,
+            sha256: hex::encode(sha2::Sha256::digest(stub)),
+        },
+        signing_cert_subject: keys.db_subject.clone(),
+        signing_cert_sha256: keys.db_sha256.clone(),
+    })
 }

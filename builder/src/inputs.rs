@@ -121,6 +121,10 @@ pub fn resolve_inputs(
         // Only with authorized keys: without them the image has no SSH server.
         root_reqs.push(crate::profile::SSH_PACKAGE.to_owned());
     }
+    if profile.secure_boot.enabled {
+        // The upgrade agent checks a bundle's UKI with sbverify before staging it.
+        root_reqs.push(crate::profile::SECURE_BOOT_PACKAGE.to_owned());
+    }
     let root = archive
         .resolve(&root_reqs)
         .context("resolving the root filesystem packages")?;

@@ -63,6 +63,35 @@ pub struct Manifest {
     pub releases: Vec<ReleaseRecord>,
     pub inputs: ManifestInputs,
     pub outputs: Vec<OutputFile>,
+    /// With `secure-boot.enabled`: the EFI stub the Unified Kernel Images are built
+    /// from and the certificate systemd-boot and the UKIs are signed with. Absent
+    /// otherwise (and in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_boot: Option<SecureBootRecord>,
+}
+
+/// What `manifest.json` says about a Secure Boot build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SecureBootRecord {
+    /// systemd's EFI stub (`linuxx64.efi.stub`), with its Debian package.
+    pub stub: StubRecord,
+    /// The db certificate: subject and SHA-256 fingerprint of its DER form.
+    pub signing_cert_subject: String,
+    pub signing_cert_sha256: String,
+}
+
+/// The EFI stub a UKI starts with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StubRecord {
+    /// Its path in the package (`usr/lib/systemd/boot/efi/linuxx64.efi.stub`).
+    pub path: String,
+    /// The Debian package and version it comes from (`systemd-boot-efi`).
+    pub package: String,
+    pub version: String,
+    /// sha256 of the stub file itself.
+    pub sha256: String,
 }
 
 /// One suite's verified `InRelease`, as `manifest.json` records it.

@@ -47,6 +47,12 @@ pub struct BuildOptions {
     /// from the cache, filled by an earlier online `fetch` or `build` (checked again).
     #[arg(long, env = "LABIMG_OFFLINE")]
     pub offline: bool,
+    /// Secure Boot key folder for a profile with `secure-boot.enabled`: the one
+    /// `labimg secureboot keygen DIR` writes, or any folder with `db.crt` and `db.key`.
+    /// systemd-boot and the Unified Kernel Images are signed with its db key; only
+    /// public files (the db certificate, `PK.auth`, `KEK.auth`, `db.auth`) go into the outputs.
+    #[arg(long, value_name = "DIR", env = "LABIMG_SECURE_BOOT_KEYS")]
+    pub secure_boot_keys: Option<PathBuf>,
 }
 
 /// What `build` will do, decided up front.

@@ -440,6 +440,20 @@ fn airgap_images(tree: &mut Tree, profile: &Profile, render: &RenderOptions) -> 
 /// The image's profile name and build time, for the upgrade agent.
 pub const RELEASE_FILE: &str = "usr/lib/labimg/release";
 
+/// `/usr/lib/labimg/release`: `PROFILE=` and `SOURCE_DATE_EPOCH=`, and with
+/// `[secure-boot]` `SECURE_BOOT=1` and `TPM_SEAL_STATE=1` (only when set, so images
+/// without Secure Boot stay as they were).
+pub fn release_text(profile: &Profile, epoch: u64) -> String {
+    let mut s = format!("PROFILE={}\nSOURCE_DATE_EPOCH={epoch}\n", profile.name);
+    if profile.secure_boot.enabled {
+        s.push_str("SECURE_BOOT=1\n");
+    }
+    if profile.secure_boot.tpm_seal_state {
+        s.push_str("TPM_SEAL_STATE=1\n");
+    }
+    s
+}
+
 /// Where the image keeps `upgrade.public-key` for the upgrade agent.
 pub const UPGRADE_KEY: &str = "usr/lib/labimg/upgrade.pub";
 
@@ -477,7 +491,7 @@ pub fn assemble_rootfs(
     // What the upgrade agent compares a bundle's profile and build time with.
     tree.insert_file(
         RELEASE_FILE,
-        format!("PROFILE={}\nSOURCE_DATE_EPOCH={epoch}\n", profile.name),
+        release_text(profile, epoch),
         0o644,
     )?;
     airgap_images(&mut tree, profile, render)?;

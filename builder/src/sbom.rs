@@ -29,6 +29,8 @@ pub struct SbomInputs<'a> {
     /// sha256 of the kernel image (`vmlinuz`), hex.
     pub kernel_sha256: &'a str,
     pub epoch: u64,
+    /// With `secure-boot.enabled`: the EFI stub and the signing certificate.
+    pub secure_boot: Option<&'a crate::manifest::SecureBootRecord>,
 }
 
 /// Percent-encodes a purl component (the version may hold `+`, `:` and `~`
@@ -164,6 +166,41 @@ pub fn render(i: &SbomInputs) -> Value {
         "comment": format!("the kernel image (vmlinuz), from the Debian package linux-image-{}", i.kernel_version),
     }));
     contains("SPDXRef-kernel", "CONTAINS");
+
+    if let Some(sb) = i.secure_boot {
+        packages.push(json!({
+            "name": "systemd-stub",
+            "SPDXID": "SPDXRef-efi-stub",
+            "versionInfo": sb.stub.version,
+            "supplier": "Organization: Debian",
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "primaryPackagePurpose": "FIRMWARE",
+            "checksums": [{ "algorithm": "SHA256", "checksumValue": sb.stub.sha256 }],
+            "comment": format!(
+                "systemd's EFI stub /{} from the Debian package {} {}: the start of each \
+                 signed Unified Kernel Image (secure-boot.enabled)",
+                sb.stub.path, sb.stub.package, sb.stub.version
+            ),
+        }));
+        contains("SPDXRef-efi-stub", "CONTAINS");
+        packages.push(json!({
+            "name": "secure-boot-db-certificate",
+            "SPDXID": "SPDXRef-secure-boot-db-cert",
+            "versionInfo": sb.signing_cert_subject,
+            "downloadLocation": "NOASSERTION",
+            "filesAnalyzed": false,
+            "primaryPackagePurpose": "FILE",
+            "checksums": [{ "algorithm": "SHA256", "checksumValue": sb.signing_cert_sha256 }],
+            "comment": format!(
+                "the Secure Boot db certificate ({}) that signed systemd-boot and the UKIs, \
+                 in the image at /usr/lib/labimg/secureboot/db.crt; the checksum is its \
+                 SHA-256 fingerprint (of the DER form)",
+                sb.signing_cert_subject
+            ),
+        }));
+        contains("SPDXRef-secure-boot-db-cert", "CONTAINS");
+    }
 
     let k3s = i.k3s;
     let stand_in = k3s.matches_pin == Some(false);

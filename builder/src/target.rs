@@ -30,8 +30,12 @@ pub struct DiskInputs<'a> {
     pub boot_tree: &'a Tree,
     /// The root tree (for files the boot partition copies, like dtbs).
     pub root_tree: &'a Tree,
+    /// `uname -r` of the kernel (a UKI's `.uname`).
+    pub kernel_version: &'a str,
     /// Seconds since the epoch used for every timestamp.
     pub epoch: u64,
+    /// With `secure-boot.enabled`: the keys that sign systemd-boot and the UKIs.
+    pub secure_boot: Option<&'a SecureBootKeys>,
 }
 
 /// A board labimg builds images for.
@@ -106,4 +110,118 @@ pub fn netboot_info(profile: &Profile, root: &RootImage, slot_a: &Cmdline) -> Ne
         root_sha256: root.sha256.clone(),
         root_size: root.size,
     }
+}
+
+/// The Secure Boot material of a build (`--secure-boot-keys DIR`): the db signer,
+/// and the public files copied into the outputs. The private keys stay in `DIR`.
+#[derive(Debug)]
+pub struct SecureBootKeys {
+    /// The db key and certificate (`DIR/db.key`, `DIR/db.crt`).
+    pub db: crate::secureboot::Signer,
+    /// `PK.auth`, `KEK.auth` and `db.auth` from `DIR`, those present, in that
+    /// order: what systemd-boot enrols in a firmware in setup mode.
+    pub auth: Vec<(&'static str, Vec<u8>)>,
+    /// The db certificate's subject and SHA-256 fingerprint (of its DER form).
+    pub db_subject: String,
+    pub db_sha256: String,
+}
+
+/// Where the image holds the db certificate (PEM), for the upgrade agent's
+/// `sbverify --cert`.
+pub const DB_CERT_PATH: &str = "usr/lib/labimg/secureboot/db.crt";
+
+impl SecureBootKeys {
+    /// Loads the key folder of a profile with `secure-boot.enabled`.
+    pub fn load(dir: &Path) -> Result<SecureBootKeys> {
+        use anyhow::Context;
+        let db = crate::secureboot::load_db(dir)?;
+        let (db_subject, db_sha256) =
+            crate::secureboot::describe_cert(&db.cert_der).context("reading the db certificate")?;
+        let mut auth = Vec::new();
+        for name in ["PK.auth", "KEK.auth", "db.auth"] {
+            let p = dir.join(name);
+            if p.exists() {
+                let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                auth.push((name, data));
+            }
+        }
+        Ok(SecureBootKeys {
+            db,
+            auth,
+            db_subject,
+            db_sha256,
+        })
+    }
+
+    /// The db certificate as PEM text.
+    pub fn db_cert_pem(&self) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.db.cert_der);
+        let mut s = String::from("-----BEGIN CERTIFICATE-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+            s.push('\n');
+        }
+        s.push_str("-----END CERTIFICATE-----\n");
+        s
+    }
+}
+
+/// The keys a build signs with: `--secure-boot-keys` for a profile with
+/// `secure-boot.enabled` (an error without it), nothing otherwise (a warning when
+/// keys were given to a profile that does not use them).
+pub fn secure_boot_keys(profile: &Profile, dir: Option<&Path>) -> Result<Option<SecureBootKeys>> {
+    match (profile.secure_boot.enabled, dir) {
+        (true, Some(d)) => SecureBootKeys::load(d).map(Some),
+        (true, None) => anyhow::bail!(
+            "profile {} has secure-boot.enabled = true but no Secure Boot keys were given: \
+             make a key folder with `labimg secureboot keygen DIR` (or use one with db.crt \
+             and db.key) and build with --secure-boot-keys DIR (or LABIMG_SECURE_BOOT_KEYS=DIR)",
+            profile.name
+        ),
+        (false, Some(d)) => {
+            tracing::warn!(
+                "--secure-boot-keys {}: profile {} does not set secure-boot.enabled, the keys \
+                 are not used",
+                d.display(),
+                profile.name
+            );
+            Ok(None)
+        }
+        (false, None) => Ok(None),
+    }
+}
+
+/// The signed Unified Kernel Image of root slot `slot`: systemd's EFI stub from the
+/// boot packages with the kernel, the initramfs, the slot's full command line (with
+/// the dm-verity root hash), `.osrel` (version [`crate::uki::image_version`]) and
+/// `.uname`, signed with the db key.
+pub fn signed_uki(
+    target: &dyn Target,
+    inputs: &DiskInputs,
+    keys: &SecureBootKeys,
+    slot: &str,
+) -> Result<Vec<u8>> {
+    use anyhow::Context;
+    let p = inputs.profile;
+    let stub = inputs
+        .boot_tree
+        .get(crate::uki::STUB)
+        .and_then(|e| e.data())
+        .with_context(|| format!("systemd-boot-efi did not provide /{}", crate::uki::STUB))?;
+    let version = crate::uki::image_version(inputs.epoch, &inputs.root.sha256);
+    let osrel = crate::uki::osrel(&p.name, slot, &version);
+    let cmdline = target.cmdline(p, inputs.root, slot).to_string();
+    let uki = crate::uki::build(
+        stub,
+        &crate::uki::UkiParts {
+            osrel: &osrel,
+            cmdline: &cmdline,
+            uname: inputs.kernel_version,
+            initrd: inputs.initramfs,
+            linux: inputs.kernel,
+        },
+    )?;
+    crate::secureboot::sign_pe(&uki, &keys.db)
+        .with_context(|| format!("signing the UKI of slot {slot} with the db key"))
 }

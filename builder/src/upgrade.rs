@@ -54,6 +54,42 @@ pub struct Bundle {
     /// for both slots: only the command line names the slot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpi_boot: Option<BTreeMap<String, String>>,
+    /// Secure Boot (`secure-boot.enabled`) only: the signed Unified Kernel Image of
+    /// each slot ("a", "b") under `netboot/uki/`, `labimg-<slot>.efi`. The agent
+    /// stages the target slot's UKI as `EFI/Linux/labimg-<slot>+<tries>.efi` instead
+    /// of a kernel, an initramfs and a boot entry (upgrade.env: `UKI_<SLOT>_FILE`,
+    /// `_SHA256`, `_SIZE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uki: Option<BTreeMap<String, BundleFile>>,
+}
+
+/// Where a Secure Boot build publishes its signed UKIs, `labimg-<slot>.efi`.
+pub const UKI_DIR: &str = "netboot/uki";
+
+/// The signed UKIs under `out_dir/netboot/uki/` by slot; `None` without that folder.
+fn uki_files(out_dir: &Path) -> Result<Option<BTreeMap<String, BundleFile>>> {
+    let dir = out_dir.join(UKI_DIR);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+        let name = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let slot = name
+            .strip_prefix("labimg-")
+            .and_then(|s| s.strip_suffix(".efi"))
+            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase()))
+            .with_context(|| format!("{UKI_DIR}/{name} is not labimg-<slot>.efi"))?;
+        files.insert(
+            slot.to_owned(),
+            bundle_file(out_dir, &format!("{UKI_DIR}/{name}"))?,
+        );
+    }
+    Ok(Some(files))
 }
 
 /// Where the rpi5 target publishes its boot partition files (slot A's tree).
@@ -179,6 +215,16 @@ impl Bundle {
                 .collect();
             pairs.push(("RPI_FILES".into(), words.join(" ")));
         }
+        for (slot, f) in self.uki.iter().flatten() {
+            anyhow::ensure!(
+                !slot.is_empty() && slot.chars().all(|c| c.is_ascii_lowercase()),
+                "slot name {slot:?} cannot be an upgrade.env key"
+            );
+            let key = format!("UKI_{}", slot.to_ascii_uppercase());
+            pairs.push((format!("{key}_FILE"), f.file.clone()));
+            pairs.push((format!("{key}_SHA256"), f.sha256.clone()));
+            pairs.push((format!("{key}_SIZE"), f.size.to_string()));
+        }
         let mut env = String::from(
             "# labimg upgrade bundle (builder/src/upgrade.rs); the node agent reads it\n\
              # with kv_get (builder/node/common.sh): KEY='value' lines only.\n",
@@ -224,6 +270,7 @@ pub fn write_upgrade_json(
         initrd: bundle_file(out_dir, "netboot/initrd.img")?,
         cmdline: cmdline.clone(),
         rpi_boot: rpi_boot_files(out_dir)?,
+        uki: uki_files(out_dir)?,
     };
     let (json, env) = bundle.render()?;
     for (name, text) in [("upgrade.json", json), ("upgrade.env", env)] {
@@ -416,5 +463,49 @@ mod tests {
         }
         assert!(!dir.path().join("upgrade.env").exists());
         assert!(!dir.path().join("upgrade.json").exists());
+    }
+
+    #[test]
+    fn lists_the_signed_ukis_of_a_secure_boot_build() {
+        let files: [(&str, &[u8]); 4] = [
+            ("netboot/vmlinuz", b"k"),
+            ("netboot/initrd.img", b"i"),
+            ("netboot/uki/labimg-a.efi", b"uki a"),
+            ("netboot/uki/labimg-b.efi", b"uki-b"),
+        ];
+        let (dir, root) = build_dir(&files, 4096, &"ab".repeat(32));
+        let b = write_upgrade_json(dir.path(), "p", "v1.36.4+k3s1", 1, &root, &BTreeMap::new())
+            .unwrap();
+        let uki = b.uki.as_ref().unwrap();
+        assert_eq!(uki.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(uki["b"].file, "netboot/uki/labimg-b.efi");
+        assert_eq!(uki["b"].size, 5);
+        let env = std::fs::read_to_string(dir.path().join("upgrade.env")).unwrap();
+        assert!(env.contains("\nLABIMG_BUNDLE_UKI_A_FILE='netboot/uki/labimg-a.efi'\n"));
+        assert!(env.contains(&format!(
+            "\nLABIMG_BUNDLE_UKI_B_SHA256='{}'\n",
+            uki["b"].sha256
+        )));
+        assert!(env.contains("\nLABIMG_BUNDLE_UKI_B_SIZE='5'\n"));
+        let json = std::fs::read_to_string(dir.path().join("upgrade.json")).unwrap();
+        assert!(json.contains("\"uki\""), "{json}");
+        // A stray file in the folder is an error, not silently left out.
+        std::fs::write(dir.path().join("netboot/uki/other.efi"), b"x").unwrap();
+        let err = write_upgrade_json(dir.path(), "p", "v1.36.4+k3s1", 1, &root, &BTreeMap::new())
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("labimg-<slot>.efi"), "{err:#}");
+        // Without the folder (every build without Secure Boot): no uki key at all.
+        let (plain, root) = build_dir(&files[..2], 4096, &"ab".repeat(32));
+        write_upgrade_json(
+            plain.path(),
+            "p",
+            "v1.36.4+k3s1",
+            1,
+            &root,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let env = std::fs::read_to_string(plain.path().join("upgrade.env")).unwrap();
+        assert!(!env.contains("UKI_"), "{env}");
     }
 }

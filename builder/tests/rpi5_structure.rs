@@ -165,7 +165,9 @@ fn pi5_disk_has_autoboot_and_per_slot_boot_partitions_the_firmware_can_read() {
         root: &root,
         boot_tree: &Tree::new(),
         root_tree: &tree,
+        kernel_version: "",
         epoch: EPOCH,
+        secure_boot: None,
     };
     let raw = work.path().join("pi5.raw");
     Rpi5.write_disk(&inputs, &raw).unwrap();

@@ -81,6 +81,7 @@ fn manifest() -> Manifest {
             boot: none(),
         },
         outputs: Vec::new(),
+        secure_boot: None,
     }
 }
 

@@ -594,6 +594,7 @@ pub fn build_signed_once(
         sign_key: sign_key.map(Path::to_path_buf),
         offline: false,
         node: None,
+        secure_boot_keys: None,
     };
     labimg_builder::build::build(&profile, &opts)
         .with_context(|| format!("building {}", path.display()))?;

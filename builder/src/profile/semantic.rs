@@ -53,6 +53,26 @@ pub(crate) fn check(p: &Profile, root: &SValue, sources: &Sources, out: &mut Vec
     check_upgrade(p, &mut r);
     check_services(p, &mut r);
     check_ssh(p, &mut r);
+    check_secure_boot(p, &mut r);
+}
+
+/// `[secure-boot]` is for the proxmox board (UEFI), and sealing STATE needs it.
+fn check_secure_boot(p: &Profile, r: &mut Report<'_>) {
+    let sb = &p.secure_boot;
+    if sb.enabled && p.target.board != super::Board::Proxmox {
+        r.add(
+            "secure-boot.enabled",
+            "Secure Boot (signed Unified Kernel Images) is only supported with \
+             target.board = \"proxmox\" (x86_64 UEFI); the Raspberry Pi 5 boots without UEFI",
+        );
+    }
+    if sb.tpm_seal_state && !sb.enabled {
+        r.add(
+            "secure-boot.tpm-seal-state",
+            "tpm-seal-state needs secure-boot.enabled = true: the TPM policy is bound to \
+             the Secure Boot state and the signed kernel images",
+        );
+    }
 }
 
 /// Every `ssh.authorized-keys` and `nodes[].ssh-authorized-keys` entry is one OpenSSH

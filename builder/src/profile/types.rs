@@ -80,6 +80,9 @@ pub struct Profile {
     /// SSH access to the nodes, for their operator (none without keys).
     #[serde(default, skip_serializing_if = "Ssh::is_unset")]
     pub ssh: Ssh,
+    /// UEFI Secure Boot with signed Unified Kernel Images (`proxmox` only).
+    #[serde(default, skip_serializing_if = "SecureBoot::is_unset")]
+    pub secure_boot: SecureBoot,
 }
 
 /// `[ssh]`: who may log in to the nodes with SSH. With no key here and none in any
@@ -114,6 +117,46 @@ impl Ssh {
 /// The Debian package of the SSH server, added to the root packages when any node
 /// has an authorized key ([`Profile::ssh_enabled`]).
 pub const SSH_PACKAGE: &str = "dropbear-bin";
+
+/// `[secure-boot]`: UEFI Secure Boot for the `proxmox` board (x86_64, OVMF). With
+/// `enabled`, each root slot boots one Unified Kernel Image (systemd's EFI stub from
+/// Debian's `systemd-boot-efi` with the kernel, the initramfs, the kernel command line
+/// including the dm-verity root hash, `.osrel` and `.uname`) at `/EFI/Linux/labimg-<slot>.efi`,
+/// and the UKIs and systemd-boot are signed with the `db` key of the folder given to
+/// `labimg build --secure-boot-keys DIR` (or `LABIMG_SECURE_BOOT_KEYS`; make one with
+/// `labimg secureboot keygen DIR`): the command line can no longer be changed without
+/// breaking the signature. The ESP then has no Boot Loader Spec type 1 entries and no
+/// loose kernel or initramfs; boot counting, blessing and rollback work as before on the
+/// UKIs' names (`labimg-<slot>+<tries>.efi`), and upgrade bundles carry signed UKIs. The
+/// image holds the public `db` certificate (`/usr/lib/labimg/secureboot/db.crt`) and
+/// Debian's `sbsigntool`, with which the upgrade agent refuses a bundle whose UKI that
+/// certificate did not sign. The ESP's `loader/loader.conf` has `secure-boot-enroll
+/// if-safe` and `loader/keys/auto/` the key folder's `PK.auth`, `KEK.auth` and `db.auth`
+/// when it has them: a VM whose firmware is in setup mode (Proxmox: `pre-enrolled-keys=0`)
+/// has labimg's keys enrolled by systemd-boot on its first boot (automatically only in a
+/// virtual machine; on bare metal it is a menu entry). Only `proxmox`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SecureBoot {
+    /// Build signed UKIs and a signed systemd-boot (needs `--secure-boot-keys`).
+    pub enabled: bool,
+    /// Encrypt STATE (LUKS2) on first boot with a key sealed to the machine's TPM2 under a
+    /// policy on the Secure Boot state, so a disk moved to another machine, or booted with
+    /// Secure Boot off, does not unlock. Needs `enabled`. Written to the image's
+    /// `/usr/lib/labimg/release` as `TPM_SEAL_STATE=1` (with `SECURE_BOOT=1` for `enabled`).
+    pub tpm_seal_state: bool,
+}
+
+impl SecureBoot {
+    /// Nothing set: the table is left out of a resolved profile.
+    pub fn is_unset(&self) -> bool {
+        self == &SecureBoot::default()
+    }
+}
+
+/// Debian's Authenticode tools, added to the root packages with
+/// `secure-boot.enabled`: the upgrade agent checks a bundle's UKI with `sbverify`.
+pub const SECURE_BOOT_PACKAGE: &str = "sbsigntool";
 
 impl Profile {
     /// Whether the image carries an SSH server: some key in `ssh.authorized-keys` or

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::{DiskInputs, Target, common_cmdline};
+use super::{DiskInputs, SecureBootKeys, Target, common_cmdline};
 use crate::artifact::Cmdline;
 use crate::disk::{self, DiskLayout, PartitionSpec};
 use crate::fs::fat;
@@ -132,6 +132,9 @@ fn esp_tree(target: &Proxmox, i: &DiskInputs) -> Result<Tree> {
         .get(SYSTEMD_BOOT)
         .and_then(|e| e.data())
         .with_context(|| format!("systemd-boot-efi did not provide /{SYSTEMD_BOOT}"))?;
+    if let Some(keys) = i.secure_boot {
+        return secure_boot_esp_tree(target, i, keys, sdboot);
+    }
     let mut t = Tree::new();
     t.insert_file("EFI/BOOT/BOOTX64.EFI", sdboot.to_vec(), 0o644)?;
     t.insert_file("EFI/systemd/systemd-bootx64.efi", sdboot.to_vec(), 0o644)?;
@@ -145,6 +148,41 @@ fn esp_tree(target: &Proxmox, i: &DiskInputs) -> Result<Tree> {
     t.insert_file("loader/entries/labimg-a.conf", entry, 0o644)?;
     t.insert_file("labimg/a/vmlinuz", i.kernel.to_vec(), 0o644)?;
     t.insert_file("labimg/a/initrd.img", i.initramfs.to_vec(), 0o644)?;
+    t.set_all_mtimes(i.epoch);
+    Ok(t)
+}
+
+/// systemd-boot's configuration with Secure Boot: the same ordering and rollback
+/// (`default labimg-*` matches the UKIs' ids `labimg-<slot>.efi`), and
+/// `secure-boot-enroll if-safe`: in a firmware in setup mode systemd-boot enrols the
+/// keys of `loader/keys/auto/` by itself when it runs in a virtual machine (where a
+/// wrong key cannot brick the hardware: systemd-boot's notion of "safe"); on bare
+/// metal they are a menu entry ("Enroll Secure Boot keys: auto").
+const LOADER_CONF_SECURE_BOOT: &str =
+    "default labimg-*\ntimeout 0\neditor no\nconsole-mode keep\nsecure-boot-enroll if-safe\n";
+
+/// The ESP with `secure-boot.enabled`: systemd-boot signed with the db key (as the
+/// removable-media default loader and at its own path), one signed UKI per slot
+/// under `EFI/Linux/` (type 2 entries; slot B's is added by an upgrade as
+/// `labimg-b+<tries>.efi`), the enrolment files in `loader/keys/auto/`, and no type
+/// 1 entries, kernels or initramfs images.
+fn secure_boot_esp_tree(
+    target: &Proxmox,
+    i: &DiskInputs,
+    keys: &SecureBootKeys,
+    sdboot: &[u8],
+) -> Result<Tree> {
+    let signed = crate::secureboot::sign_pe(sdboot, &keys.db)
+        .context("signing systemd-boot with the db key")?;
+    let mut t = Tree::new();
+    t.insert_file("EFI/BOOT/BOOTX64.EFI", signed.clone(), 0o644)?;
+    t.insert_file("EFI/systemd/systemd-bootx64.efi", signed, 0o644)?;
+    t.insert_file("loader/loader.conf", LOADER_CONF_SECURE_BOOT, 0o644)?;
+    for (name, data) in &keys.auth {
+        t.insert_file(format!("loader/keys/auto/{name}"), data.clone(), 0o644)?;
+    }
+    let uki = super::signed_uki(target, i, keys, "a")?;
+    t.insert_file("EFI/Linux/labimg-a.efi", uki, 0o644)?;
     t.set_all_mtimes(i.epoch);
     Ok(t)
 }
