@@ -112,7 +112,7 @@ async fn boot_ipxe(State(s): S, Query(q): Query<MacQuery>, req: Request) -> Resp
 
 /// Counts a download (netboot artifacts, Imager disk images) in
 /// `labimg_http_active_transfers` until its body is sent or dropped (the client went
-/// away).
+/// away), and its body bytes in `labimg_http_bytes_total`.
 fn counted(s: &Arc<Shared>, r: Response) -> Response {
     if !r.status().is_success() {
         return r;
@@ -127,6 +127,7 @@ fn counted(s: &Arc<Shared>, r: Response) -> Response {
 }
 
 const ACTIVE_HTTP: &str = "labimg_http_active_transfers";
+const SENT_HTTP: &str = "labimg_http_bytes_total";
 
 struct Counted {
     inner: Body,
@@ -147,7 +148,13 @@ impl http_body::Body for Counted {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.shared.metrics.add(SENT_HTTP, &[], data.len() as u64);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -526,7 +526,7 @@ async fn boot_timeline_in_nodes_and_histogram() {
 }
 
 /// An artifact download counts in `labimg_http_active_transfers` until its body is
-/// gone, sent or dropped.
+/// gone, sent or dropped, and the bytes it sent in `labimg_http_bytes_total`.
 #[tokio::test]
 async fn active_downloads_gauge() {
     let f = fixture(8080);
@@ -544,6 +544,11 @@ async fn active_downloads_gauge() {
     let (st, body) = call(&app, get("/images/proxmox/initrd.img")).await;
     assert_eq!((st, body.len()), (StatusCode::OK, 50_000));
     assert_eq!(active(), 0);
+    let sent = f.shared.metrics.get("labimg_http_bytes_total", &[]);
+    assert_eq!(
+        sent, 50_000,
+        "only the body sent counts, not the dropped one"
+    );
     assert_eq!(
         call(&app, get("/images/proxmox/nothing")).await.0,
         StatusCode::NOT_FOUND
