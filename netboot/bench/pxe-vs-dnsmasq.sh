@@ -152,8 +152,25 @@ stamp() { # <t0>
         printf '%.3f %s\n' "$(echo "${EPOCHREALTIME} - $1" | bc)" "${line//$'\r'/}"
     done
 }
+# Bytes the servers sent: labimg's HTTP and TFTP counters, plus what dnsmasq logged
+# as sent over TFTP (the reference flows). A flow's bytes are the difference across
+# its boot: what one node pulls (iPXE, boot script, kernel, initrd, root image, config).
+served_bytes() {
+    local b=0 f
+    b=$(in_ns curl -sf --max-time 5 "http://$srv:$http_port/metrics" \
+        | awk '/^labimg_(http|tftp)_bytes_total/ {s += $2} END {printf "%d", s + 0}') || b=0
+    if [ -f "$work/dnsmasq.log" ]; then
+        while read -r f; do
+            b=$((b + $(stat -c %s "$f")))
+        done < <(sed -n 's/.* sent \(\/[^ ]*\) to .*/\1/p' "$work/dnsmasq.log")
+    fi
+    echo "$b"
+}
+declare -A flow_bytes
+
 pxe_boot() { # <name> <bios|uefi>
-    local serial=$work/$1.serial t0 pid keep fw=()
+    local serial=$work/$1.serial t0 pid keep fw=() bytes0
+    bytes0=$(served_bytes)
     : > "$serial"
     if [ "$2" = uefi ]; then
         cp /usr/share/OVMF/OVMF_VARS_4M.fd "$work/$1.vars"
@@ -211,6 +228,7 @@ pxe_boot() { # <name> <bios|uefi>
         sleep 0.5
     done
     flows+=("$1")
+    flow_bytes[$1]=$(( $(served_bytes) - bytes0 ))
     mkdir -p "$repo/target/bench/logs"
     cp "$serial" "$work/$1.nodes.json" "$repo/target/bench/logs/"
 }
@@ -425,3 +443,9 @@ printf '(c) HTTP root image (%d MB):       labimg %7.1f MB/s nginx   %7.1f MB/s 
 echo
 echo "== boot timeline: seconds from power-on (QEMU start), console/server view"
 timeline_table
+echo
+echo "== bytes one node pulled, per flow (servers' counters across the boot)"
+for f in "${flows[@]}"; do printf '%-22s %12d\n' "$f" "${flow_bytes[$f]}"; done
+printf 'of which (file sizes): kernel %d, initrd %d, root image %d; the rest is iPXE (BIOS:\n' \
+    "$(stat -c %s "$images/proxmox/netboot/vmlinuz")" "$(stat -c %s "$images/proxmox/netboot/initrd.img")" "$root_bytes"
+echo "undionly.kpxe from labimg's or dnsmasq's TFTP), the boot script and the config bundle."

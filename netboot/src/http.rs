@@ -331,6 +331,7 @@ async fn node_config(State(s): S, Path(id): Path<String>, headers: HeaderMap) ->
         }
     }
     tracing::info!(hostname = %node.hostname, "config bundle served");
+    s.metrics.add(SENT_HTTP, &[], tar.len() as u64);
     ([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response()
 }
 

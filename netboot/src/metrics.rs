@@ -32,7 +32,7 @@ pub fn help(name: &str) -> Option<&'static str> {
     Some(match name {
         "labimg_http_requests_total" => "HTTP requests answered, by route and status code",
         "labimg_http_bytes_total" => {
-            "HTTP body bytes sent for downloads (netboot artifacts, Imager images)"
+            "HTTP body bytes sent: netboot artifacts, node config bundles, Imager images"
         }
         "labimg_config_denied_total" => {
             "Config bundle requests refused for a missing or wrong token"
