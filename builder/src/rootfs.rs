@@ -489,11 +489,7 @@ pub fn assemble_rootfs(
     tree.insert_file(modules.dir.join("modules.softdep"), index.softdep, 0o644)?;
     kernel_runtime(&mut tree, profile, &modules)?;
     // What the upgrade agent compares a bundle's profile and build time with.
-    tree.insert_file(
-        RELEASE_FILE,
-        release_text(profile, epoch),
-        0o644,
-    )?;
+    tree.insert_file(RELEASE_FILE, release_text(profile, epoch), 0o644)?;
     airgap_images(&mut tree, profile, render)?;
     host_services(&mut tree, profile)?;
     ssh_server(&mut tree, profile)?;
