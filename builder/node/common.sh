@@ -68,7 +68,7 @@ fatal() {
 	# default loglevel this shows the line a second time, which is harmless.
 	printf '<3>%s\n' "$labimg_fatal_msg" >/dev/kmsg 2>/dev/null
 	sync
-	case "$(cmdline_get labimg.on-fatal)" in
+	case "$(on_fatal)" in
 	poweroff)
 		sleep 1
 		poweroff -f
@@ -82,6 +82,15 @@ fatal() {
 		sleep 60
 		labimg_say "$labimg_fatal_msg"
 	done
+}
+
+# on_fatal: what a FATAL does: labimg.on-fatal (poweroff, reboot), else reboot on a
+# trial boot of a counted entry (systemd-boot's LoaderBootCountPath is set: a Secure
+# Boot UKI cannot carry labimg.on-fatal=reboot, its command line is sealed), else wait.
+on_fatal() {
+	labimg_on_fatal=$(cmdline_get labimg.on-fatal)
+	[ -n "$labimg_on_fatal" ] || [ -z "$(boot_count_path)" ] || labimg_on_fatal=reboot
+	printf '%s' "$labimg_on_fatal"
 }
 
 # The kernel command line, read once into LB_CMDLINE. LB_CMDLINE may be preset (tests).
@@ -155,6 +164,56 @@ le_number() {
 	echo "$labimg_n"
 }
 
+# --- EFI variables (Secure Boot images; README.md "Upgrades") ---
+# efivarfs, where the firmware's and systemd-boot's variables are (tests preset it).
+: "${LB_EFIVARS:=/sys/firmware/efi/efivars}"
+EFI_GLOBAL=8be4df61-93ca-11d2-aa0d-00e098032b8c
+EFI_LOADER=4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
+
+# efivars_mount: make LB_EFIVARS readable (efivarfs, read-only) on an EFI machine if
+# nothing is mounted there yet. Status 1 when there are no EFI variables.
+efivars_mount() {
+	[ -d /sys/firmware/efi ] || [ "$LB_EFIVARS" != /sys/firmware/efi/efivars ] || return 1
+	if [ "$LB_EFIVARS" = /sys/firmware/efi/efivars ] && ! mountpoint -q "$LB_EFIVARS"; then
+		modprobe efivarfs 2>/dev/null
+		mount -t efivarfs -o ro,nosuid,nodev,noexec efivarfs "$LB_EFIVARS" 2>/dev/null || return 1
+	fi
+	[ -d "$LB_EFIVARS" ]
+}
+
+# efi_byte NAME-GUID: the first value byte of an EFI variable (after its 4 attribute
+# bytes) as a decimal number; nothing when it is absent.
+efi_byte() {
+	[ -r "$LB_EFIVARS/$1" ] || return 0
+	labimg_b=$(hexbytes "$LB_EFIVARS/$1" 4 1)
+	[ -n "$labimg_b" ] && echo $((0x$labimg_b))
+}
+
+# secure_boot_state: on, off or setup (the firmware's SecureBoot and SetupMode
+# variables), unknown without EFI variables.
+secure_boot_state() {
+	efivars_mount || {
+		echo unknown
+		return 0
+	}
+	if [ "$(efi_byte "SecureBoot-$EFI_GLOBAL")" = 1 ]; then
+		echo on
+	elif [ "$(efi_byte "SetupMode-$EFI_GLOBAL")" = 1 ]; then
+		echo setup
+	else
+		echo off
+	fi
+}
+
+# boot_count_path: systemd-boot's LoaderBootCountPath, the ESP path of the counted
+# entry it booted (`\EFI\Linux\labimg-b+2-1.efi`): set only while an entry still has
+# tries, i.e. on the trial boot of a freshly staged slot. UTF-16LE, ASCII here.
+boot_count_path() {
+	efivars_mount || return 0
+	[ -r "$LB_EFIVARS/LoaderBootCountPath-$EFI_LOADER" ] || return 0
+	dd if="$LB_EFIVARS/LoaderBootCountPath-$EFI_LOADER" bs=4 skip=1 2>/dev/null | tr -d '\000'
+}
+# --- end EFI variables ---
 # partuuid_of SYSDIR: the PARTUUID of a partition (GPT unique GUID, or the MBR form
 # `xxxxxxxx-NN`), read from the partition table of its disk; the kernel does not
 # export it in sysfs and busybox has no blkid.

@@ -430,3 +430,290 @@ fn lineage_refuses_another_profile_and_an_older_epoch_but_not_an_equal_one() {
         r.stderr
     );
 }
+
+/// A Secure Boot image's agent: `usr/lib/labimg/secureboot/db.crt` from a key set
+/// made by `labimg secureboot keygen` (the builder's own code), and Debian's real
+/// `sbverify` (sbsigntool) on the stub PATH. Returns the node and its db signer.
+fn secure_boot_node() -> (Node, labimg_builder::secureboot::Signer) {
+    let n = Node::new();
+    let keys = n.path("keys");
+    labimg_builder::secureboot::keygen(&keys, "node-upgrade test", 1_700_000_000).unwrap();
+    std::fs::create_dir_all(n.path("sb")).unwrap();
+    std::fs::copy(keys.join("db.crt"), n.path("sb/db.crt")).unwrap();
+    let sbverify = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join("sbverify"))
+        .find(|p| p.is_file())
+        .expect("sbverify not found: install Debian's sbsigntool (bash .ci/install-deps)");
+    std::os::unix::fs::symlink(sbverify, n.path("stub/sbverify")).unwrap();
+    let db = labimg_builder::secureboot::load_db(&keys).unwrap();
+    (n, db)
+}
+
+/// Runs `script` as a Secure Boot image's agent (SB_CERT is the node's db.crt).
+fn sb_run(n: &Node, env: &[(&str, &str)], script: &str) -> Ran {
+    n.run(env, &format!("SB_CERT=$PWD/sb/db.crt\n{script}"))
+}
+
+/// An EFI application to sign: Debian's efitools HelloWorld.efi (unsigned PE32+).
+fn efi_app() -> Vec<u8> {
+    std::fs::read("/usr/lib/efitools/x86_64-linux-gnu/HelloWorld.efi")
+        .expect("HelloWorld.efi from Debian's efitools (bash .ci/install-deps)")
+}
+
+#[test]
+fn a_uki_not_signed_by_the_images_db_key_is_refused_before_anything_is_written() {
+    let (n, db) = secure_boot_node();
+    let other_keys = n.path("other-keys");
+    labimg_builder::secureboot::keygen(&other_keys, "someone else", 1_700_000_000).unwrap();
+    let other = labimg_builder::secureboot::load_db(&other_keys).unwrap();
+    let app = efi_app();
+    std::fs::write(n.path("unsigned.efi"), &app).unwrap();
+    std::fs::write(
+        n.path("signed.efi"),
+        labimg_builder::secureboot::sign_pe(&app, &db).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        n.path("other.efi"),
+        labimg_builder::secureboot::sign_pe(&app, &other).unwrap(),
+    )
+    .unwrap();
+    let check = |file: &str| {
+        sb_run(
+            &n,
+            &[],
+            &format!(
+                "mkdir -p \"$WORK\"\ncheck_uki \"$PWD/{file}\" netboot/uki/{file}\necho passed"
+            ),
+        )
+    };
+    let r = check("signed.efi");
+    assert!(r.ok && r.stdout.contains("passed"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("labimg: upgrade uki verified file=netboot/uki/signed.efi"),
+        "{}",
+        r.stderr
+    );
+    for file in ["unsigned.efi", "other.efi"] {
+        let r = check(file);
+        assert!(
+            !r.ok && !r.stdout.contains("passed"),
+            "{file}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&format!(
+                "labimg: upgrade refused: UKI netboot/uki/{file} is not signed by this image's Secure Boot db key ("
+            )) && r.stderr.contains("nothing was written"),
+            "{file}: {}",
+            r.stderr
+        );
+        // sbverify's own reason is in the message.
+        let reason = r.stderr.split("db key (").nth(1).unwrap_or_default();
+        assert!(
+            reason.len() > 3 && !reason.starts_with(')'),
+            "{file}: {}",
+            r.stderr
+        );
+    }
+    // stage_uki: an unsigned UKI stops before the ESP or the root slot is touched
+    // (no ESP mount, no write: the bundle's root file does not even exist).
+    std::fs::create_dir_all(n.path("bundle/netboot/uki")).unwrap();
+    std::fs::write(n.path("bundle/netboot/uki/labimg-b.efi"), &app).unwrap();
+    let sum = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&app))
+    };
+    n.write(
+        "bundle/upgrade.env",
+        &format!(
+            "LABIMG_BUNDLE_UKI_B_FILE='netboot/uki/labimg-b.efi'\nLABIMG_BUNDLE_UKI_B_SHA256='{sum}'\n"
+        ),
+    );
+    let r = sb_run(
+        &n,
+        &[],
+        "mkdir -p \"$WORK\" esp/EFI/Linux\n\
+         touch esp/EFI/Linux/labimg-b.efi\n\
+         part_mount() { echo \"MOUNTED $*\"; }\n\
+         write_root() { echo WROTE; }\n\
+         LB_BUNDLE=$PWD/bundle LB_META=$PWD/bundle/upgrade.env LB_NEW_SLOT=b\n\
+         stage_uki 0",
+    );
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("MOUNTED") && !r.stdout.contains("WROTE"),
+        "{}",
+        r.stdout
+    );
+    assert!(n.path("esp/EFI/Linux/labimg-b.efi").exists());
+    assert!(
+        r.stderr.contains(
+            "labimg: upgrade refused: UKI netboot/uki/labimg-b.efi is not signed by this image's Secure Boot db key"
+        ),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn uki_names_parse_into_slot_tries_left_and_tries_done() {
+    let n = Node::new();
+    for (name, want) in [
+        ("labimg-a.efi", Some("a  ")),
+        ("labimg-b+3.efi", Some("b 3 ")),
+        ("/esp/EFI/Linux/labimg-b+2-1.efi", Some("b 2 1")),
+        ("labimg-b+0-3.efi", Some("b 0 3")),
+        ("labimg-c+3.efi", None),
+        ("labimg-a+.efi", None),
+        ("labimg-a+1-.efi", None),
+        ("labimg-a.conf", None),
+        ("xlabimg-a.efi", None),
+    ] {
+        let r = n.run(&[], &format!("uki_name '{name}'"));
+        match want {
+            Some(w) => assert!(
+                r.ok && r.stdout == format!("{w}\n"),
+                "{name}: {:?}",
+                r.stdout
+            ),
+            None => assert!(!r.ok && r.stdout.is_empty(), "{name}: {:?}", r.stdout),
+        }
+    }
+}
+
+/// An efivarfs file: 4 attribute bytes (NV+BS+RT), then `value`.
+fn efivar(n: &Node, name: &str, value: &[u8]) {
+    let mut data = vec![7, 0, 0, 0];
+    data.extend_from_slice(value);
+    let p = n.path(&format!("efivars/{name}"));
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+fn utf16z(s: &str) -> Vec<u8> {
+    s.encode_utf16()
+        .chain([0])
+        .flat_map(|u| u.to_le_bytes())
+        .collect()
+}
+
+#[test]
+fn secure_boot_trials_are_known_from_systemd_boots_boot_count_path_and_blessed_by_rename() {
+    const LOADER: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+    const GLOBAL: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+    let (n, _db) = secure_boot_node();
+    std::fs::create_dir_all(n.path("efivars")).unwrap();
+    let env = [("LB_EFIVARS", "efivars"), ("LB_CMDLINE", "labimg.slot=b")];
+    // Secure Boot state from the firmware's variables.
+    let state = |n: &Node| sb_run(n, &env, "secure_boot_state").stdout;
+    efivar(&n, &format!("SecureBoot-{GLOBAL}"), &[1]);
+    efivar(&n, &format!("SetupMode-{GLOBAL}"), &[0]);
+    assert_eq!(state(&n), "on\n");
+    efivar(&n, &format!("SecureBoot-{GLOBAL}"), &[0]);
+    assert_eq!(state(&n), "off\n");
+    efivar(&n, &format!("SetupMode-{GLOBAL}"), &[1]);
+    assert_eq!(state(&n), "setup\n");
+
+    // No LoaderBootCountPath: a blessed (uncounted) UKI, no trial.
+    let trial = |n: &Node| sb_run(n, &env, "trial_check && echo TRIAL");
+    let r = trial(&n);
+    assert!(!r.ok && !r.stdout.contains("TRIAL"), "{}", r.stderr);
+    // The other slot's counted UKI is not this boot's trial.
+    let count_path = format!("LoaderBootCountPath-{LOADER}");
+    efivar(&n, &count_path, &utf16z("\\EFI\\Linux\\labimg-a+2-1.efi"));
+    assert!(!trial(&n).ok);
+    // Without the db certificate (not a Secure Boot image) the variable is ignored.
+    efivar(&n, &count_path, &utf16z("\\EFI\\Linux\\labimg-b+2-1.efi"));
+    let r = n.run(&env, "trial_check && echo TRIAL");
+    assert!(!r.ok, "{}", r.stderr);
+    // This slot's counted UKI: a trial, with the default deadline.
+    let r = trial(&n);
+    assert!(r.ok && r.stdout.contains("TRIAL"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("labimg: boot trial slot=b deadline=600s"),
+        "{}",
+        r.stderr
+    );
+    // A FATAL on such a boot reboots (labimg.on-fatal=reboot cannot be on the
+    // sealed command line); an explicit labimg.on-fatal still wins.
+    let r = n.run(&env, "on_fatal");
+    assert_eq!(r.stdout, "reboot", "{}", r.stderr);
+    let r = n.run(
+        &[
+            env[0],
+            ("LB_CMDLINE", "labimg.slot=b labimg.on-fatal=poweroff"),
+        ],
+        "on_fatal",
+    );
+    assert_eq!(r.stdout, "poweroff", "{}", r.stderr);
+
+    // bless: labimg-b+2-1.efi becomes labimg-b.efi; slot a's UKI stays as it is.
+    for f in ["labimg-a.efi", "labimg-b+2-1.efi"] {
+        n.write(&format!("esp/EFI/Linux/{f}"), f);
+    }
+    let k3s = ready_after(&n, 0);
+    let r = sb_run(
+        &n,
+        &[
+            ("LB_K3S", &k3s),
+            ("LB_HOSTNAME", "pve-up-1"),
+            env[0],
+            env[1],
+        ],
+        "part_mount() { :; }\npart_umount() { :; }\nREADY_POLL=1\n\
+         echo 600 >\"$TRIAL_FILE\"\necho $(($(uptime_s) + 60)) >\"$TRIAL_UNTIL\"\n\
+         bless && echo BLESSED",
+    );
+    assert!(r.ok && r.stdout.contains("BLESSED"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("labimg: boot blessed slot=b"),
+        "{}",
+        r.stderr
+    );
+    let mut names: Vec<String> = std::fs::read_dir(n.path("esp/EFI/Linux"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["labimg-a.efi", "labimg-b.efi"]);
+    assert_eq!(
+        std::fs::read_to_string(n.path("esp/EFI/Linux/labimg-b.efi")).unwrap(),
+        "labimg-b+2-1.efi"
+    );
+}
+
+#[test]
+fn under_secure_boot_a_bundle_of_the_same_epoch_with_another_root_is_refused() {
+    let (n, _db) = secure_boot_node();
+    n.write("release", "PROFILE=proxmox\nSOURCE_DATE_EPOCH=1764100000\n");
+    let lineage = |epoch: &str, version: &str| {
+        n.write(
+            "upgrade.env",
+            &format!(
+                "LABIMG_BUNDLE_PROFILE='proxmox'\nLABIMG_BUNDLE_SOURCE_DATE_EPOCH='{epoch}'\nLABIMG_BUNDLE_VERSION='{version}'\n"
+            ),
+        );
+        sb_run(
+            &n,
+            &[("LB_ROOT_SHA256", "0123456789abcdef")],
+            "RELEASE=$PWD/release LB_META=$PWD/upgrade.env\ncheck_lineage\necho passed",
+        )
+    };
+    let r = lineage("1764100000", "0123456789ab");
+    assert!(r.ok, "{}", r.stderr);
+    let r = lineage("1764200000", "fedcba987654");
+    assert!(r.ok, "{}", r.stderr);
+    let r = lineage("1764100000", "fedcba987654");
+    assert!(
+        !r.ok
+            && r.stderr.contains(
+                "labimg: upgrade refused: the bundle was built at the same SOURCE_DATE_EPOCH as the running image (1764100000) but has another root"
+            ),
+        "{}",
+        r.stderr
+    );
+}
