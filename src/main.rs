@@ -56,6 +56,9 @@ enum Command {
     Sign(cli::SignArgs),
     /// Create a minisign key pair (labimg.key, labimg.pub) in a folder.
     Keygen(cli::KeygenArgs),
+    /// Secure Boot: create a key set (PK, KEK, db), sign and verify EFI binaries.
+    #[command(subcommand)]
+    Secureboot(cli::SecurebootCommand),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Write the man pages (labimg.1 and one per subcommand) into a folder.
@@ -82,6 +85,7 @@ fn run(args: Args) -> Result<()> {
         Command::Inspect(a) => cli::inspect(&a.path, a.public_key.as_deref()),
         Command::Sign(a) => cli::sign(&a.dir, &a.key),
         Command::Keygen(a) => cli::keygen(&a.dir, a.encrypt),
+        Command::Secureboot(c) => c.run(),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Args::command(), "labimg", &mut script);

@@ -7,6 +7,7 @@ pub mod exit;
 mod logging;
 pub mod output;
 pub mod report;
+pub mod secureboot;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use anyhow::{Context, Result, bail};
 pub use self::exit::{EXIT_STATUS_HELP, exit_code};
 pub use self::logging::{LogFormat, init_logging};
 pub use self::output::{is_stdout_closed, print_json, stdout};
+pub use self::secureboot::SecurebootCommand;
 use crate::artifact::hash_file;
 use crate::artifact::sign;
 use crate::build::{BuildOptions, build as run_build};

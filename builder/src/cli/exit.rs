@@ -14,7 +14,8 @@ pub const USAGE: u8 = 2;
 /// A profile does not load or validate (file, line and key are on stderr).
 pub const PROFILE: u8 = 3;
 /// A check of signed or hashed content failed: SHA256SUMS or its minisign
-/// signature (`inspect`), an `InRelease` signature or a package hash (`build`, `fetch`).
+/// signature (`inspect`), an `InRelease` signature or a package hash (`build`, `fetch`),
+/// an EFI binary's Secure Boot signature (`secureboot verify`).
 pub const VERIFICATION: u8 = 4;
 /// Standard output was closed before everything was written (`labimg … | head`):
 /// nothing more is printed; 128 + SIGPIPE, as a shell reports a command the signal ended.
@@ -27,7 +28,8 @@ Exit status:
   1    other error (I/O, network, a host tool failed)
   2    usage error (unknown flag, missing or malformed argument)
   3    profile problem (a profile does not load or validate)
-  4    verification failed (SHA256SUMS or a signature, a package hash)
+  4    verification failed (SHA256SUMS or a signature, a package hash, an EFI
+       binary's Secure Boot signature)
   141  standard output closed early (`labimg … | head`)";
 
 /// The exit status for an error that ended a command: the first cause in its
@@ -38,6 +40,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             return PROFILE;
         }
         if cause.is::<VerifyError>()
+            || cause.is::<crate::secureboot::VerifyError>()
             || cause.is::<SignatureError>()
             || cause.is::<HashMismatch>()
             || cause.is::<OutputsMismatch>()

@@ -35,7 +35,7 @@ pub enum VerifyError {
     #[error("signed, but the image was changed after signing (digest mismatch)")]
     DigestMismatch,
     #[error(
-        "signed by another key ({subject}, certificate sha256 {fingerprint}), not by {expected}"
+        "signed by another key ({subject}, certificate sha256 {fingerprint}), not by the given one ({expected})"
     )]
     OtherSigner {
         subject: String,
@@ -256,7 +256,7 @@ pub fn verify_pe(pe: &[u8], cert_der: &[u8]) -> Result<()> {
         }
         if kind == WIN_CERT_TYPE_PKCS_SIGNED_DATA {
             found += 1;
-            match verify_one(&table[pos + 8..pos + len], &digest, &cert) {
+            match verify_one(&table[pos + 8..pos + len], &digest, &cert, cert_der) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     // Report the most telling failure: a digest mismatch beats
@@ -281,7 +281,12 @@ pub fn verify_pe(pe: &[u8], cert_der: &[u8]) -> Result<()> {
     Err(last_err.into())
 }
 
-fn verify_one(data: &[u8], digest: &[u8; 32], cert: &Cert<'_>) -> Result<(), VerifyError> {
+fn verify_one(
+    data: &[u8],
+    digest: &[u8; 32],
+    cert: &Cert<'_>,
+    cert_der: &[u8],
+) -> Result<(), VerifyError> {
     let bad = |e: anyhow::Error| VerifyError::Malformed(format!("{e:#}"));
     let p = pkcs7::parse(data).map_err(bad)?;
     if p.content_type != pkcs7::oid_body(SPC_INDIRECT_DATA) {
@@ -349,7 +354,11 @@ fn verify_one(data: &[u8], digest: &[u8; 32], cert: &Cert<'_>) -> Result<(), Ver
         Some((subject, fingerprint)) => Err(VerifyError::OtherSigner {
             subject,
             fingerprint,
-            expected: cert.subject(),
+            expected: format!(
+                "{}, certificate sha256 {}",
+                cert.subject(),
+                hex::encode(Sha256::digest(cert_der))
+            ),
         }),
         None => Err(VerifyError::Malformed(
             "no SHA-256 signer with authenticated attributes".into(),

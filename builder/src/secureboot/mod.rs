@@ -164,8 +164,8 @@ Owner GUID: {owner}\n\
 `labimg secureboot sign`). `PK.key` and `KEK.key` only sign changes to the key\n  \
 databases: keep them offline. Anyone with `db.key` can boot their code here.\n\
 - Enrol (firmware in setup mode), one of:\n  \
-- systemd-boot: the image's ESP carries `loader/keys/labimg/{{PK,KEK,db}}.auth`;\n    \
-systemd-boot enrols them (`secure-boot-enroll` in loader.conf).\n  \
+- systemd-boot: a Secure Boot image's ESP carries `loader/keys/auto/{{PK,KEK,db}}.auth`;\n    \
+systemd-boot enrols them on the first boot in setup mode (`secure-boot-enroll` in loader.conf).\n  \
 - OVMF / Proxmox setup UI (Device Manager > Secure Boot Configuration > Custom\n    \
 mode): db.cer, KEK.cer, then PK.cer.\n  \
 - Offline into an OVMF vars file:\n    \
