@@ -62,10 +62,14 @@ statecrypt_secureboot() {
 		echo unknown
 		return
 	fi
-	case "$(od -A n -t x1 -j 4 -N 1 "$statecrypt_var" | tr -d ' \n')" in
-	01) echo on ;;
-	*) echo off ;;
-	esac
+	# Read whole (efivarfs files cannot seek: od -j fails there), the fifth byte kept.
+	# shellcheck disable=SC2046 # one word a byte
+	set -- $(od -A n -t x1 -v <"$statecrypt_var")
+	if [ "${5:-}" = 01 ]; then
+		echo on
+	else
+		echo off
+	fi
 }
 
 # statecrypt_check WHAT: what sealing and unsealing need of the machine, checked before
