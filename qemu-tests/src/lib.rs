@@ -552,6 +552,41 @@ pub fn build_signed_once(
     sets: &[String],
     sign_key: Option<&Path>,
 ) -> Result<PathBuf> {
+    build_file_once(name, path, sets, sign_key, None)
+}
+
+/// [`build_text_once`] for a `[secure-boot] enabled` profile: signed with the
+/// key set in `keys` (`labimg build --secure-boot-keys`) and built at
+/// `SOURCE_DATE_EPOCH` `epoch` (systemd-boot orders UKIs by it, so an upgrade
+/// bundle needs a newer one than the image it upgrades).
+pub fn build_secure_boot_once(
+    name: &str,
+    profile_text: &str,
+    sign_key: Option<&Path>,
+    keys: &Path,
+    epoch: u64,
+) -> Result<PathBuf> {
+    let dir = target_dir().join("qemu-test-profiles");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}-{}.toml", std::process::id()));
+    let shipped = workspace_root().join("profiles");
+    let text = profile_text.replace(
+        "extends = \"",
+        &format!("extends = \"{}/", shipped.display()),
+    );
+    std::fs::write(&path, text)?;
+    let out = build_file_once(name, &path, &[], sign_key, Some((keys, epoch)));
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+fn build_file_once(
+    name: &str,
+    path: &Path,
+    sets: &[String],
+    sign_key: Option<&Path>,
+    secure_boot: Option<(&Path, u64)>,
+) -> Result<PathBuf> {
     let exe = std::fs::read(std::env::current_exe()?)?;
     let stand_in = std::fs::read(k3s_stand_in())?;
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -562,6 +597,11 @@ pub fn build_signed_once(
     if let Some(key) = sign_key {
         hasher.update(b"signed-with:");
         hasher.update(std::fs::read(key)?);
+    }
+    if let Some((keys, epoch)) = secure_boot {
+        hasher.update(b"secure-boot:");
+        hasher.update(std::fs::read(keys.join("db.crt"))?);
+        hasher.update(epoch.to_le_bytes());
     }
     for set in sets {
         // Length-prefixed so that ["a", "bc"] and ["ab", "c"] differ.
@@ -589,12 +629,12 @@ pub fn build_signed_once(
         out_dir: Some(out.clone()),
         k3s_binary: Some(k3s_stand_in()),
         cache_dir: std::env::var_os("LABIMG_CACHE").map(PathBuf::from),
-        source_date_epoch: Some(1_700_000_000),
+        source_date_epoch: Some(secure_boot.map_or(1_700_000_000, |s| s.1)),
         embed_secrets: false,
         sign_key: sign_key.map(Path::to_path_buf),
         offline: false,
         node: None,
-        secure_boot_keys: None,
+        secure_boot_keys: secure_boot.map(|s| s.0.to_path_buf()),
     };
     labimg_builder::build::build(&profile, &opts)
         .with_context(|| format!("building {}", path.display()))?;

@@ -273,3 +273,87 @@ impl Vm {
 pub fn fat_disk_path(n: usize) -> String {
     format!("PciRoot(0x0)/Pci({:#X},0x0)", 0x10 + n).replace("0X", "0x")
 }
+
+/// A Secure Boot key set made by the builder's `labimg secureboot keygen` code into
+/// `target/qemu-tests/secure-boot-keys-<name>/`, once (later calls and other test
+/// processes reuse it; builds keyed by its db certificate rebuild when it changes).
+pub fn test_keys(name: &str) -> Result<PathBuf> {
+    let base = crate::target_dir().join("qemu-tests");
+    std::fs::create_dir_all(&base)?;
+    let lock = std::fs::File::create(base.join(format!("secure-boot-keys-{name}.lock")))?;
+    lock.lock().context("locking the test key set")?;
+    let dir = base.join(format!("secure-boot-keys-{name}"));
+    let done = dir.join(".complete");
+    if done.exists() {
+        return Ok(dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    labimg_builder::secureboot::keygen(&dir, &format!("labimg test {name}"), 1_700_000_000)
+        .with_context(|| format!("labimg secureboot keygen {}", dir.display()))?;
+    std::fs::write(&done, b"")?;
+    Ok(dir)
+}
+
+/// (offset of the certificate table entry in the optional header's data
+/// directories, the table's file offset, its size) of a PE32+ image.
+fn security_dir(pe: &[u8]) -> Result<(usize, usize, usize)> {
+    let u16_at = |o: usize| -> Result<u16> {
+        Ok(u16::from_le_bytes(
+            pe.get(o..o + 2).context("PE too short")?.try_into()?,
+        ))
+    };
+    let u32_at = |o: usize| -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            pe.get(o..o + 4).context("PE too short")?.try_into()?,
+        ))
+    };
+    if pe.get(..2) != Some(b"MZ") {
+        bail!("not a PE image (no MZ)");
+    }
+    let nt = u32_at(0x3c)? as usize;
+    if pe.get(nt..nt + 4) != Some(b"PE\0\0") {
+        bail!("not a PE image (no PE signature)");
+    }
+    let opt = nt + 24;
+    if u16_at(opt)? != 0x20b {
+        bail!("not a PE32+ image");
+    }
+    // PE32+: 112 bytes of fields, then the data directories; entry 4 is the
+    // certificate table (a file offset, not an RVA).
+    let entry = opt + 112 + 4 * 8;
+    Ok((entry, u32_at(entry)? as usize, u32_at(entry + 4)? as usize))
+}
+
+/// `pe` without its Authenticode signature: the certificate table entry zeroed
+/// and the table cut off the end of the file (an unsigned image).
+pub fn strip_signature(pe: &[u8]) -> Result<Vec<u8>> {
+    let (entry, offset, size) = security_dir(pe)?;
+    let mut out = pe.to_vec();
+    if size != 0 {
+        if offset + size != pe.len() {
+            bail!("the certificate table is not at the end of the file");
+        }
+        out.truncate(offset);
+    }
+    out[entry..entry + 8].fill(0);
+    Ok(out)
+}
+
+/// Whether `pe` carries a certificate table (an Authenticode signature).
+pub fn is_signed(pe: &[u8]) -> Result<bool> {
+    Ok(security_dir(pe)?.2 != 0)
+}
+
+/// `uki` with the first hex digit of its `labimg.verity.roothash=` (in `.cmdline`)
+/// changed in place: same length and layout, so only the signature can tell.
+pub fn tamper_root_hash(uki: &[u8]) -> Result<Vec<u8>> {
+    let needle = b"labimg.verity.roothash=";
+    let at = uki
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .context("the UKI's command line has no labimg.verity.roothash=")?
+        + needle.len();
+    let mut out = uki.to_vec();
+    out[at] = if out[at] == b'0' { b'1' } else { b'0' };
+    Ok(out)
+}
