@@ -224,7 +224,9 @@ fn pxe_boot(
         "labimg: stage1 start",
         "labimg: root verified",
         "labimg: stage2 start",
+        // Stage 2 keeps the lease stage 1 got for the root image: no second DHCP.
         "labimg: network up",
+        "lease=stage1",
         // A netbooted server keeps its STATE on its local disk (netboot.state-disk or
         // labimg.state-disk=vda), made on the blank disk at first boot.
         "labimg: state created dev=/dev/vda1 disk=/dev/vda",
