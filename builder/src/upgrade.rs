@@ -5,9 +5,11 @@
 //! the `netboot/` artifacts, so the output folder served over HTTP (or copied
 //! to the node) is the bundle. For the Raspberry Pi 5 it also lists the boot
 //! partition files under `netboot/rpi/` (`rpi_boot`), which the agent copies
-//! to the inactive slot's boot partition. `upgrade.json` says the same for
-//! people and tools; both are rendered from one [`Bundle`] by [`Bundle::render`],
-//! so they cannot disagree.
+//! to the inactive slot's boot partition. With `secure-boot.enabled` it also
+//! lists the signed Unified Kernel Image of each slot under `netboot/uki/`
+//! (`uki`), which the agent stages instead of a kernel, an initramfs and a boot
+//! entry. `upgrade.json` says the same for people and tools; both are rendered
+//! from one [`Bundle`] by [`Bundle::render`], so they cannot disagree.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,6 +1,8 @@
 //! Proxmox VMs (x86_64, OVMF/UEFI): GPT with an ESP holding systemd-boot and
 //! Boot Loader Spec entries, root slots A and B. STATE is created by the node
-//! on first boot in the space left after slot B.
+//! on first boot in the space left after slot B. With `secure-boot.enabled` the
+//! ESP holds systemd-boot and one Unified Kernel Image per slot, signed with the
+//! db key, instead of type 1 entries with a loose kernel and initramfs.
 
 use std::path::Path;
 
