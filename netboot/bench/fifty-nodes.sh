@@ -409,6 +409,7 @@ fi
 echo "# FLOW=$flow N=$n, $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A result
 metrics_busy=-
+metrics_queued=-
 
 # --- labimg serve, full DHCP ---------------------------------------------------------
 ip netns exec "$srvns" "$labimg" serve --images "$images" --inventory "$work/inventory.toml" \
@@ -457,8 +458,9 @@ done
 if [[ " $targets " == *" labimg "* ]]; then
     run_nodes labimg
     result[labimg]=$(summarize labimg)
-    metrics_busy=$(in_srv curl -sf --max-time 5 "http://$srv:$http_port/metrics" \
-        | awk '/^labimg_tftp_requests_total/ && /result="busy"/ {s += $2} END {print s + 0}')
+    metrics=$(in_srv curl -sf --max-time 5 "http://$srv:$http_port/metrics" || true)
+    metrics_busy=$(awk '/^labimg_tftp_requests_total/ && /result="busy"/ {s += $2} END {print s + 0}' <<<"$metrics")
+    metrics_queued=$(awk '/^labimg_tftp_requests_total/ && /result="queued"/ {s += $2} END {print s + 0}' <<<"$metrics")
     registered=$(in_srv curl -sf --max-time 5 "http://$srv:$http_port/v1/nodes" \
         | jq '[.nodes[] | select(any(.events[]?; .stage == "k3s-started"))] | length' 2>/dev/null || echo "?")
 fi
@@ -553,6 +555,6 @@ if [ "$flow" = x86 ]; then
     echo "note: the reference skips POST /v1/events (nginx cannot take them); labimg serves all HTTP (its TFTP bound does not apply)."
     [ -n "${registered:-}" ] && echo "labimg /v1/nodes: $registered of $n nodes with a k3s-started event"
 else
-    echo "note: labimg serve allows 64 TFTP transfers at once (tftp_max_transfers); a request beyond that gets TFTP error 0 'server busy, retry later'."
-    echo "      each node holds at most one transfer at a time, so N nodes need up to N slots: refused requests here (labimg_tftp_requests_total{result=\"busy\"}): $metrics_busy."
+    echo "note: labimg serve runs 64 TFTP transfers at once (tftp_max_transfers); a request beyond that waits up to 20 s for a slot, then gets TFTP error 0 'server busy, retry later'."
+    echo "      each node holds at most one transfer at a time, so N nodes need up to N slots: requests that waited here (labimg_tftp_requests_total{result=\"queued\"}): $metrics_queued, refused (result=\"busy\"): $metrics_busy."
 fi
