@@ -41,6 +41,8 @@ pub struct LeaseStore {
     leases: BTreeMap<String, Lease>,
     offers: HashMap<Mac, (Ipv4Addr, Instant)>,
     declined: HashMap<Ipv4Addr, Instant>,
+    /// Leases changed since the file was last written ([`LeaseStore::flush`]).
+    dirty: bool,
 }
 
 fn now() -> u64 {
@@ -72,7 +74,20 @@ impl LeaseStore {
             leases,
             offers: HashMap::new(),
             declined: HashMap::new(),
+            dirty: false,
         })
+    }
+
+    /// Writes the lease file (fsync'd, then renamed into place) if a lease changed
+    /// since the last write. The server calls it once per batch of packets, before
+    /// it sends their ACKs: a lease is on disk before its client hears of it, and a
+    /// burst of clients costs one write instead of one each.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.dirty {
+            self.save()?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 
     fn save(&self) -> Result<()> {
@@ -149,7 +164,7 @@ impl LeaseStore {
         Some(pick)
     }
 
-    /// Commits a REQUEST for `ip`, persisting the lease.
+    /// Commits a REQUEST for `ip`; [`LeaseStore::flush`] persists it.
     pub fn request(
         &mut self,
         mac: &Mac,
@@ -165,11 +180,11 @@ impl LeaseStore {
             expires: now() + u64::from(self.lease_secs),
         };
         self.leases.insert(mac.to_string(), lease.clone());
-        self.save()?;
+        self.dirty = true;
         Ok(Ok(lease))
     }
 
-    /// RELEASE: forgets the lease if `ip` is the client's.
+    /// RELEASE: forgets the lease if `ip` is the client's (persisted by `flush`).
     pub fn release(&mut self, mac: &Mac, ip: Ipv4Addr) -> Result<()> {
         if self
             .leases
@@ -177,7 +192,7 @@ impl LeaseStore {
             .is_some_and(|l| l.ip == ip)
         {
             self.leases.remove(&mac.to_string());
-            self.save()?;
+            self.dirty = true;
         }
         Ok(())
     }
@@ -192,7 +207,7 @@ impl LeaseStore {
             .is_some_and(|l| l.ip == ip)
         {
             self.leases.remove(&mac.to_string());
-            self.save()?;
+            self.dirty = true;
         }
         Ok(())
     }

@@ -17,6 +17,10 @@ use tokio::net::UdpSocket;
 use crate::inventory::{Decision, Mac};
 use crate::{ServeOptions, Shared};
 use classify::{Client, Firmware, Reject, classify};
+
+/// Most packets answered per lease-file write: a burst of clients (fifty nodes powered
+/// on at once) waits for one fsync per batch, not one per REQUEST.
+const BATCH: usize = 64;
 use leases::{LeaseStore, Reservations};
 
 /// DHCP mode of the appliance.
@@ -151,17 +155,30 @@ impl DhcpServer {
                             continue;
                         }
                     };
-                    let Some(reply) = me.handle_bytes(&buf[..n], pxe_port) else {
-                        continue;
-                    };
-                    let dest = me.destination(&reply, src);
-                    match reply.to_vec() {
-                        Ok(bytes) => {
-                            if let Err(e) = sock.send_to(&bytes, dest).await {
-                                tracing::warn!("DHCP send to {dest}: {e}");
-                            }
+                    // Whatever else already waits joins this packet's batch: its
+                    // leases reach the disk in one write before any ACK goes out.
+                    let mut replies = Vec::new();
+                    let mut next = Some((n, src));
+                    while let Some((n, src)) = next.take() {
+                        if let Some(reply) = me.answer(&buf[..n], pxe_port) {
+                            replies.push((me.destination(&reply, src), reply));
                         }
-                        Err(e) => tracing::warn!("encoding DHCP reply: {e}"),
+                        if replies.len() < BATCH {
+                            next = sock.try_recv_from(&mut buf).ok();
+                        }
+                    }
+                    if !me.flush_leases() {
+                        continue; // no ACK for a lease that is not on disk; clients retry
+                    }
+                    for (dest, reply) in replies {
+                        match reply.to_vec() {
+                            Ok(bytes) => {
+                                if let Err(e) = sock.send_to(&bytes, dest).await {
+                                    tracing::warn!("DHCP send to {dest}: {e}");
+                                }
+                            }
+                            Err(e) => tracing::warn!("encoding DHCP reply: {e}"),
+                        }
                     }
                 }
             });
@@ -182,8 +199,32 @@ impl DhcpServer {
         }
     }
 
-    /// Decodes, counts and answers one datagram; `None` means no reply.
+    /// Decodes, counts and answers one datagram, its lease written to disk before
+    /// the reply is returned; `None` means no reply.
     pub fn handle_bytes(&self, buf: &[u8], pxe_port: bool) -> Option<Message> {
+        let reply = self.answer(buf, pxe_port)?;
+        self.flush_leases().then_some(reply)
+    }
+
+    /// Writes changed leases to the lease file; false (logged) if that failed.
+    fn flush_leases(&self) -> bool {
+        let Some(store) = &self.leases else {
+            return true;
+        };
+        let Ok(mut store) = store.lock() else {
+            return false;
+        };
+        match store.flush() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("lease file: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// [`DhcpServer::handle_bytes`] without writing the lease file: the caller flushes.
+    fn answer(&self, buf: &[u8], pxe_port: bool) -> Option<Message> {
         let m = &self.shared.metrics;
         let decoded = if classify::well_formed(buf) {
             Message::decode(&mut Decoder::new(buf)).ok()
