@@ -44,9 +44,14 @@ statecrypt_tpm() {
 	TPM2TOOLS_TCTI=$STATECRYPT_TCTI "$@" >>"$STATECRYPT_RUN/tpm.log" 2>&1
 }
 
-# statecrypt_tpm_error: the last error line tpm2-tools logged (for FATAL messages).
+# statecrypt_tpm_error: the TPM's answer tpm2-tools logged last, as in
+# `Esys_Load(0x1DF) - tpm:parameter(1):integrity check failed` (else its last error
+# line), for FATAL messages.
 statecrypt_tpm_error() {
-	grep -i 'error\|fail' "$STATECRYPT_RUN/tpm.log" 2>/dev/null | tail -n 1 | tr -s ' \t' '  '
+	statecrypt_err=$(sed -n 's/^ERROR: *\(E[a-z]*s_[A-Za-z_]*(0x[0-9A-Fa-f]*).*\)/\1/p' "$STATECRYPT_RUN/tpm.log" 2>/dev/null | tail -n 1)
+	[ -n "$statecrypt_err" ] ||
+		statecrypt_err=$(grep -i 'error\|fail' "$STATECRYPT_RUN/tpm.log" 2>/dev/null | tail -n 1)
+	printf '%s' "$statecrypt_err" | tr -s ' \t' '  '
 }
 
 # statecrypt_secureboot: prints on, off or unknown (no EFI variables: not UEFI), from

@@ -125,6 +125,14 @@ pub fn resolve_inputs(
         // The upgrade agent checks a bundle's UKI with sbverify before staging it.
         root_reqs.push(crate::profile::SECURE_BOOT_PACKAGE.to_owned());
     }
+    if profile.secure_boot.tpm_seal_state {
+        // STATE sealed to the TPM (node/statecrypt.sh).
+        root_reqs.extend(
+            crate::rootfs::STATECRYPT_PACKAGES
+                .iter()
+                .map(|p| p.to_string()),
+        );
+    }
     let root = archive
         .resolve(&root_reqs)
         .context("resolving the root filesystem packages")?;

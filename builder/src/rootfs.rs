@@ -26,6 +26,7 @@ pub mod node_files {
     pub const UPGRADE: &str = include_str!("../node/upgrade");
     pub const SSH: &str = include_str!("../node/ssh.sh");
     pub const LOGSHIP: &str = include_str!("../node/logship.sh");
+    pub const STATECRYPT: &str = include_str!("../node/statecrypt.sh");
 }
 
 /// The assembled root and what was taken out of it for the boot partition.
@@ -276,6 +277,79 @@ fn ssh_server(tree: &mut Tree, profile: &Profile) -> Result<()> {
     Ok(())
 }
 
+/// Where the image keeps `node/statecrypt.sh`; stage 2 encrypts STATE and seals its key
+/// to the TPM only when it is there (`[secure-boot] tpm-seal-state`).
+pub const STATECRYPT_SCRIPT: &str = "usr/lib/labimg/statecrypt.sh";
+
+/// Debian packages for [`STATECRYPT_SCRIPT`]: `cryptsetup` (cryptsetup-bin, without the
+/// initramfs and crypttab scripts of `cryptsetup`) and tpm2-tools, whose loader
+/// (libtss2-tctildr0t64) depends on the /dev/tpmrm0 TCTI it dlopens
+/// (libtss2-tcti-device0t64). tpm2-tools pulls udev through tpm-udev, and udev asks for
+/// `systemd | systemd-standalone-sysusers`: naming the small one keeps all of systemd,
+/// and util-linux's `mount` (which would take the place of busybox's in stage 2), out.
+pub const STATECRYPT_PACKAGES: &[&str] = &[
+    "cryptsetup-bin",
+    "tpm2-tools",
+    "systemd-standalone-sysusers",
+];
+
+/// What statecrypt.sh runs, checked in the image at build time. The TCTI library is
+/// loaded with dlopen, which no dependency check sees.
+pub const STATECRYPT_FILES: &[&str] = &[
+    "usr/sbin/cryptsetup",
+    "usr/bin/tpm2_getrandom",
+    "usr/bin/tpm2_createprimary",
+    "usr/bin/tpm2_startauthsession",
+    "usr/bin/tpm2_policypcr",
+    "usr/bin/tpm2_create",
+    "usr/bin/tpm2_load",
+    "usr/bin/tpm2_unseal",
+    "usr/bin/tpm2_flushcontext",
+    "usr/bin/tpm2_pcrread",
+];
+
+/// Modules statecrypt.sh needs before STATE is opened: dm-crypt and the XTS mode of
+/// LUKS2's default cipher (aes-xts-plain64; AES itself is built into Debian's kernels),
+/// AF_ALG's skcipher (cryptsetup decrypts its keyslots through it), efivarfs (the
+/// SecureBoot variable) and the TPM drivers (built in on linux-image-cloud-amd64;
+/// built-ins are left out of the list).
+pub const STATECRYPT_MODULES: &[&str] = &[
+    "dm_crypt",
+    "xts",
+    "algif_skcipher",
+    "efivarfs",
+    "tpm_tis",
+    "tpm_crb",
+];
+
+/// With `[secure-boot] tpm-seal-state`: installs [`STATECRYPT_SCRIPT`], after checking
+/// [`STATECRYPT_FILES`] and the device TCTI are in the image. Without: nothing.
+fn state_crypt(tree: &mut Tree, profile: &Profile) -> Result<()> {
+    if !profile.secure_boot.tpm_seal_state {
+        return Ok(());
+    }
+    for p in STATECRYPT_FILES {
+        anyhow::ensure!(
+            tree.get_follow(p).is_some_and(|e| e.data().is_some()),
+            "secure-boot.tpm-seal-state: /{p} is not in the image (Debian packages {})",
+            STATECRYPT_PACKAGES.join(", ")
+        );
+    }
+    let tcti = tree.iter().any(|(p, e)| {
+        e.data().is_some()
+            && p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libtss2-tcti-device.so"))
+    });
+    anyhow::ensure!(
+        tcti,
+        "secure-boot.tpm-seal-state: libtss2-tcti-device.so (Debian libtss2-tcti-device0t64), \
+         which tpm2-tools loads to reach /dev/tpmrm0, is not in the image"
+    );
+    tree.insert_file(STATECRYPT_SCRIPT, node_files::STATECRYPT, 0o644)?;
+    Ok(())
+}
+
 fn node_os(tree: &mut Tree, nodes: &NodeTable) -> Result<usize> {
     use node_files::*;
     tree.insert_file("usr/lib/labimg/init", STAGE2, 0o755)?;
@@ -387,6 +461,17 @@ fn kernel_runtime(tree: &mut Tree, profile: &Profile, modules: &KernelModules) -
             }
         }
     }
+    if profile.secure_boot.tpm_seal_state {
+        let wanted: Vec<String> = STATECRYPT_MODULES.iter().map(|m| m.to_string()).collect();
+        for name in modules
+            .loadable(&wanted)
+            .context("the kernel lacks a module secure-boot.tpm-seal-state needs")?
+        {
+            if !load.contains(&name) {
+                load.push(name);
+            }
+        }
+    }
     for name in modules
         .loadable(&profile.kernel.load)
         .context("kernel.load")?
@@ -493,6 +578,7 @@ pub fn assemble_rootfs(
     airgap_images(&mut tree, profile, render)?;
     host_services(&mut tree, profile)?;
     ssh_server(&mut tree, profile)?;
+    state_crypt(&mut tree, profile)?;
     if let Some(key) = &profile.upgrade.public_key {
         // minisign's .pub format; the upgrade agent verifies bundles with it.
         let text = format!("untrusted comment: labimg upgrade key\n{}\n", key.trim());
@@ -629,6 +715,40 @@ sha256.amd64 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f
             "{}",
             String::from_utf8_lossy(written)
         );
+    }
+
+    #[test]
+    fn statecrypt_is_installed_only_with_tpm_seal_state_and_its_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = services_profile(dir.path(), "").unwrap();
+        let mut tree = Tree::new();
+        state_crypt(&mut tree, &plain).unwrap();
+        assert!(!tree.contains(STATECRYPT_SCRIPT));
+
+        let sealed = services_profile(
+            dir.path(),
+            "[secure-boot]\nenabled = true\ntpm-seal-state = true\n",
+        )
+        .unwrap();
+        let e = state_crypt(&mut tree, &sealed).unwrap_err().to_string();
+        assert!(
+            e.contains("/usr/sbin/cryptsetup is not in the image"),
+            "{e}"
+        );
+        for p in STATECRYPT_FILES {
+            tree.insert_file(p, b"\x7fELF".to_vec(), 0o755).unwrap();
+        }
+        let e = state_crypt(&mut tree, &sealed).unwrap_err().to_string();
+        assert!(e.contains("libtss2-tcti-device.so"), "{e}");
+        tree.insert_file(
+            "usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0.0.0",
+            b"\x7fELF".to_vec(),
+            0o644,
+        )
+        .unwrap();
+        state_crypt(&mut tree, &sealed).unwrap();
+        let script = tree.get(STATECRYPT_SCRIPT).and_then(|e| e.data()).unwrap();
+        assert_eq!(script, node_files::STATECRYPT.as_bytes());
     }
 
     /// A profile with one air-gap archive at `path` pinned to `sha256`.

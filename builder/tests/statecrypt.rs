@@ -352,7 +352,8 @@ fn state_is_sealed_to_pcr7_and_unlocks_only_with_the_same_tpm_and_pcr7() {
     let other = Tpm::start(&node.path("other-tpm"));
     let f = node.unlock(&other.tcti(), &state);
     assert!(
-        fatal_of(&f).contains("STATE's sealed key does not load into this TPM"),
+        fatal_of(&f).contains("STATE's sealed key does not load into this TPM")
+            && fatal_of(&f).contains("integrity check failed"),
         "{}",
         f.stderr
     );
