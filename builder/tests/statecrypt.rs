@@ -413,3 +413,97 @@ fn refusals_leave_state_as_it_was() {
     );
     assert_eq!(std::fs::read(&plain).unwrap(), before);
 }
+
+/// Resolves, fetches (verified Debian archive, cached) and assembles the root tree of
+/// the shipped proxmox profile with `sets`, as `labimg build` does: the root packages'
+/// names and the tree.
+fn root_tree(sets: &[&str]) -> (Vec<String>, labimg_builder::tree::Tree) {
+    use labimg_builder::debian::Cache;
+    use labimg_builder::inputs::{fetch_inputs, resolve_inputs};
+    use labimg_builder::nodecfg::NodeTable;
+    use labimg_builder::preseed::{Destination, RenderOptions};
+    use labimg_builder::rootfs::{K3sBinary, assemble_rootfs};
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let p = labimg_builder::profile::load("proxmox", &profiles, &sets).unwrap();
+    let target = labimg_builder::target::for_profile(&p).unwrap();
+    let (archive, resolved) =
+        resolve_inputs(&p, target.as_ref(), Cache::open_default().unwrap()).unwrap();
+    let names = resolved
+        .root
+        .packages
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let inputs = fetch_inputs(&archive, &resolved).unwrap();
+    let render = RenderOptions::default();
+    let nodes = NodeTable::render(&p, &render).unwrap();
+    let rootfs = assemble_rootfs(
+        &p,
+        &inputs.kernel,
+        &inputs.root,
+        K3sBinary::FirstBoot,
+        &nodes.for_destination(Destination::Shared, &render),
+        &render,
+        0,
+    )
+    .unwrap();
+    (names, rootfs.tree)
+}
+
+/// Only `tpm-seal-state` brings statecrypt.sh, cryptsetup, tpm2-tools (with the
+/// dlopen'd device TCTI) and the dm-crypt modules; busybox's mount stays; an image
+/// without it has none of them.
+#[test]
+fn the_image_carries_state_encryption_only_with_tpm_seal_state() {
+    use labimg_builder::rootfs::{STATECRYPT_FILES, STATECRYPT_PACKAGES, STATECRYPT_SCRIPT};
+    let modules_load = |tree: &labimg_builder::tree::Tree| {
+        let data = tree
+            .get("usr/lib/labimg/modules-load")
+            .unwrap()
+            .data()
+            .unwrap();
+        String::from_utf8_lossy(data).into_owned()
+    };
+    let (names, tree) = root_tree(&[]);
+    for p in STATECRYPT_PACKAGES
+        .iter()
+        .chain(&["libtss2-tcti-device0t64", "udev"])
+    {
+        assert!(!names.iter().any(|n| n == p), "{p} in a plain image");
+    }
+    for p in STATECRYPT_FILES.iter().chain([&STATECRYPT_SCRIPT]) {
+        assert!(tree.get_follow(p).is_none(), "{p} in a plain image");
+    }
+    let plain_modules = modules_load(&tree);
+    assert!(!plain_modules.contains("dm_crypt"), "{plain_modules}");
+
+    let (names, tree) = root_tree(&[
+        "secure-boot.enabled=true",
+        "secure-boot.tpm-seal-state=true",
+    ]);
+    for p in ["cryptsetup-bin", "tpm2-tools", "libtss2-tcti-device0t64"] {
+        assert!(names.iter().any(|n| n == p), "{p} missing: {names:?}");
+    }
+    for p in ["systemd", "mount"] {
+        assert!(!names.iter().any(|n| n == p), "{p} pulled in: {names:?}");
+    }
+    for p in STATECRYPT_FILES {
+        let e = tree.get_follow(p).unwrap_or_else(|| panic!("no {p}"));
+        assert!(e.data().is_some_and(|d| d.starts_with(b"\x7fELF")), "{p}");
+    }
+    assert!(tree.contains(STATECRYPT_SCRIPT));
+    assert!(
+        matches!(
+            tree.get("usr/bin/mount").map(|e| &e.kind),
+            Some(labimg_builder::tree::Kind::Symlink(t)) if t == Path::new("busybox")
+        ),
+        "mount is not busybox's"
+    );
+    let sealed_modules = modules_load(&tree);
+    let extra: Vec<&str> = sealed_modules
+        .lines()
+        .filter(|m| !plain_modules.lines().any(|p| p == *m))
+        .collect();
+    assert_eq!(extra, ["dm_crypt", "xts", "algif_skcipher", "efivarfs"]);
+}
