@@ -155,6 +155,12 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
 
     let mut modules = target.boot_modules();
     modules.extend(profile.kernel.modules.iter().cloned());
+    if profile.secure_boot.enabled {
+        // A UKI's command line cannot say "trial boot": stage 1 learns it from
+        // systemd-boot's LoaderBootCountPath variable, on efivarfs (a module in
+        // Debian's cloud kernel), to reboot on a FATAL so a failed upgrade rolls back.
+        modules.push("efivarfs".into());
+    }
     anyhow::ensure!(
         rootfs.tree.get_follow(crate::initramfs::DMSETUP).is_some(),
         "the profile's packages lack dmsetup (Debian package `dmsetup`), which stage 1 needs to open the dm-verity root"

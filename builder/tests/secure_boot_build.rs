@@ -318,6 +318,12 @@ fn a_secure_boot_build_signs_systemd_boot_and_the_ukis_and_is_reproducible() {
         manifest.inputs.root.get("sbsigntool").is_some(),
         "the image lacks sbsigntool"
     );
+    // Stage 1 reads LoaderBootCountPath (a trial boot reboots on a FATAL) from efivarfs.
+    assert!(
+        manifest.initramfs_modules.iter().any(|m| m == "efivarfs"),
+        "the initramfs cannot mount efivarfs: {:?}",
+        manifest.initramfs_modules
+    );
 
     // The root image holds the public db certificate and says Secure Boot is on.
     let cat = |path: &str| {
