@@ -687,27 +687,41 @@ fn secure_boot_trials_are_known_from_systemd_boots_boot_count_path_and_blessed_b
 }
 
 #[test]
-fn under_secure_boot_a_bundle_of_the_same_epoch_with_another_root_is_refused() {
+fn under_secure_boot_an_older_bundle_or_one_of_the_same_epoch_with_another_root_is_refused() {
     let (n, _db) = secure_boot_node();
     n.write("release", "PROFILE=proxmox\nSOURCE_DATE_EPOCH=1764100000\n");
-    let lineage = |epoch: &str, version: &str| {
+    let lineage = |epoch: &str, version: &str, env: &[(&str, &str)]| {
         n.write(
             "upgrade.env",
             &format!(
                 "LABIMG_BUNDLE_PROFILE='proxmox'\nLABIMG_BUNDLE_SOURCE_DATE_EPOCH='{epoch}'\nLABIMG_BUNDLE_VERSION='{version}'\n"
             ),
         );
+        let mut env = env.to_vec();
+        env.push(("LB_ROOT_SHA256", "0123456789abcdef"));
         sb_run(
             &n,
-            &[("LB_ROOT_SHA256", "0123456789abcdef")],
+            &env,
             "RELEASE=$PWD/release LB_META=$PWD/upgrade.env\ncheck_lineage\necho passed",
         )
     };
-    let r = lineage("1764100000", "0123456789ab");
+    let r = lineage("1764100000", "0123456789ab", &[]);
     assert!(r.ok, "{}", r.stderr);
-    let r = lineage("1764200000", "fedcba987654");
+    let r = lineage("1764200000", "fedcba987654", &[]);
     assert!(r.ok, "{}", r.stderr);
-    let r = lineage("1764100000", "fedcba987654");
+    // An older build never boots (its UKI sorts after the running one): refused even
+    // with the by-hand override that lets a plain image go back.
+    let r = lineage(
+        "1764099999",
+        "fedcba987654",
+        &[("LABIMG_ALLOW_DOWNGRADE", "1")],
+    );
+    assert!(
+        !r.ok && r.stderr.contains("under Secure Boot systemd-boot orders slots by their UKIs' epoch and would never boot it"),
+        "{}",
+        r.stderr
+    );
+    let r = lineage("1764100000", "fedcba987654", &[]);
     assert!(
         !r.ok
             && r.stderr.contains(
