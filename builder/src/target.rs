@@ -118,12 +118,24 @@ pub fn netboot_info(profile: &Profile, root: &RootImage, slot_a: &Cmdline) -> Ne
 pub struct SecureBootKeys {
     /// The db key and certificate (`DIR/db.key`, `DIR/db.crt`).
     pub db: crate::secureboot::Signer,
-    /// `PK.auth`, `KEK.auth` and `db.auth` from `DIR`, those present, in that
-    /// order: what systemd-boot enrols in a firmware in setup mode.
+    /// `PK.auth`, `KEK.auth` and `db.auth` from `DIR` (all three, db.auth enrolling
+    /// db.crt, or none), in that order: what systemd-boot enrols in a firmware in
+    /// setup mode.
     pub auth: Vec<(&'static str, Vec<u8>)>,
     /// The db certificate's subject and SHA-256 fingerprint (of its DER form).
     pub db_subject: String,
     pub db_sha256: String,
+}
+
+/// Whether an authenticated variable (`.auth`: EFI_TIME, then a WIN_CERTIFICATE whose
+/// first u32 is its length, then the signature list) carries `cert_der` in its list.
+fn auth_enrols(auth: &[u8], cert_der: &[u8]) -> bool {
+    let Some(len) = auth.get(16..20) else {
+        return false;
+    };
+    let list_at = 16 + u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    auth.get(list_at..)
+        .is_some_and(|list| list.windows(cert_der.len()).any(|w| w == cert_der))
 }
 
 /// Where the image holds the db certificate (PEM), for the upgrade agent's
@@ -144,6 +156,25 @@ impl SecureBootKeys {
                 let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
                 auth.push((name, data));
             }
+        }
+        // A VM in setup mode enrols these by itself: a stale or foreign db.auth would
+        // lock it out of its own systemd-boot, with no way back but a new EFI disk.
+        match auth.as_slice() {
+            [] => {}
+            [_, _, (_, db_auth)] => anyhow::ensure!(
+                auth_enrols(db_auth, &db.cert_der),
+                "{}: db.auth does not enrol db.crt (another key set's, or db.crt was \
+                 replaced): a VM enrolling it would refuse its own systemd-boot; make the \
+                 enrolment files again (`labimg secureboot keygen` makes all of them) or \
+                 remove PK.auth, KEK.auth and db.auth to enrol by hand",
+                dir.display()
+            ),
+            _ => anyhow::bail!(
+                "{}: has only {} of PK.auth, KEK.auth and db.auth: systemd-boot enrols all \
+                 three or none; add the missing ones or remove them all",
+                dir.display(),
+                auth.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ),
         }
         Ok(SecureBootKeys {
             db,
@@ -224,4 +255,32 @@ pub fn signed_uki(
     )?;
     crate::secureboot::sign_pe(&uki, &keys.db)
         .with_context(|| format!("signing the UKI of slot {slot} with the db key"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SecureBootKeys;
+
+    /// The enrolment files go onto the ESP only as a set that enrols db.crt.
+    #[test]
+    fn enrolment_files_must_be_all_three_and_enrol_the_signing_certificate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mine, other) = (tmp.path().join("mine"), tmp.path().join("other"));
+        crate::secureboot::keygen(&mine, "mine", 1_700_000_000).unwrap();
+        crate::secureboot::keygen(&other, "other", 1_700_000_000).unwrap();
+        assert_eq!(SecureBootKeys::load(&mine).unwrap().auth.len(), 3);
+
+        std::fs::copy(other.join("db.auth"), mine.join("db.auth")).unwrap();
+        let e = SecureBootKeys::load(&mine).unwrap_err().to_string();
+        assert!(e.contains("db.auth does not enrol db.crt"), "{e}");
+
+        std::fs::remove_file(mine.join("KEK.auth")).unwrap();
+        let e = SecureBootKeys::load(&mine).unwrap_err().to_string();
+        assert!(e.contains("only PK.auth, db.auth"), "{e}");
+
+        for f in ["PK.auth", "db.auth"] {
+            std::fs::remove_file(mine.join(f)).unwrap();
+        }
+        assert!(SecureBootKeys::load(&mine).unwrap().auth.is_empty());
+    }
 }

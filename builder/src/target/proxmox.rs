@@ -179,7 +179,13 @@ fn secure_boot_esp_tree(
     let mut t = Tree::new();
     t.insert_file("EFI/BOOT/BOOTX64.EFI", signed.clone(), 0o644)?;
     t.insert_file("EFI/systemd/systemd-bootx64.efi", signed, 0o644)?;
-    t.insert_file("loader/loader.conf", LOADER_CONF_SECURE_BOOT, 0o644)?;
+    // Without enrolment files there is nothing to enrol: no enrol option either.
+    let loader_conf = if keys.auth.is_empty() {
+        LOADER_CONF_SECURE_BOOT.replace("secure-boot-enroll if-safe\n", "")
+    } else {
+        LOADER_CONF_SECURE_BOOT.to_owned()
+    };
+    t.insert_file("loader/loader.conf", loader_conf, 0o644)?;
     for (name, data) in &keys.auth {
         t.insert_file(format!("loader/keys/auto/{name}"), data.clone(), 0o644)?;
     }
