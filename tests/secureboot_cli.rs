@@ -103,6 +103,9 @@ fn keygen_sign_verify() {
         .output()
         .unwrap();
     assert!(sb.status.success(), "sbverify: {}", text(&sb));
+    // The signed file keeps the input's mode (not a temporary file's 0600).
+    let mode = |f: &Path| std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&signed), mode(&efi));
     // --cert/--key gives the same bytes as --keys.
     let signed2 = t.path().join("signed2.efi");
     let out = labimg(&[

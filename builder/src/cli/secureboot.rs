@@ -138,6 +138,9 @@ fn sign(signer: &Signer, input: &Path, output: &Path) -> Result<()> {
     let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))
         .with_context(|| format!("writing {}", output.display()))?;
     tmp.write_all(&signed)?;
+    // The input's permissions (a temporary file is 0600): an EFI binary is not secret.
+    let mode = std::fs::metadata(input).map(|m| m.permissions())?;
+    tmp.as_file().set_permissions(mode)?;
     tmp.persist(output)
         .with_context(|| format!("writing {}", output.display()))?;
     let (subject, fp) = secureboot::describe_cert(&signer.cert_der)?;
