@@ -446,7 +446,8 @@ pub const DEFAULT_SYSCTLS: &[(&str, &str)] = &[
 ];
 
 /// Writes what stage 2 applies before k3s starts: `usr/lib/labimg/modules-load`
-/// (one module a line, built-ins left out) and `usr/lib/labimg/sysctl.conf`.
+/// (one module a line, built-ins left out), the part of it stage 2 loads first
+/// (`modules-load.early`), and `usr/lib/labimg/sysctl.conf`.
 /// Every module name is checked against the kernel package here, so a typo in
 /// `kernel.load` fails the build instead of a node's boot.
 fn kernel_runtime(tree: &mut Tree, profile: &Profile, modules: &KernelModules) -> Result<()> {
@@ -454,22 +455,23 @@ fn kernel_runtime(tree: &mut Tree, profile: &Profile, modules: &KernelModules) -
     let mut load = modules
         .loadable(&defaults)
         .context("the kernel lacks a module k3s or Cilium needs")?;
+    // What stage 2 needs before it goes on (acpid's input devices, STATE's dm-crypt):
+    // loaded at once, the rest of the list in the background until k3s's config.
+    let mut early: Vec<String> = Vec::new();
     for m in POWER_BUTTON_MODULES {
-        for name in modules.loadable(&[m.to_string()]).unwrap_or_default() {
-            if !load.contains(&name) {
-                load.push(name);
-            }
-        }
+        early.extend(modules.loadable(&[m.to_string()]).unwrap_or_default());
     }
     if profile.secure_boot.tpm_seal_state {
         let wanted: Vec<String> = STATECRYPT_MODULES.iter().map(|m| m.to_string()).collect();
-        for name in modules
-            .loadable(&wanted)
-            .context("the kernel lacks a module secure-boot.tpm-seal-state needs")?
-        {
-            if !load.contains(&name) {
-                load.push(name);
-            }
+        early.extend(
+            modules
+                .loadable(&wanted)
+                .context("the kernel lacks a module secure-boot.tpm-seal-state needs")?,
+        );
+    }
+    for name in &early {
+        if !load.contains(name) {
+            load.push(name.clone());
         }
     }
     for name in modules
@@ -483,6 +485,9 @@ fn kernel_runtime(tree: &mut Tree, profile: &Profile, modules: &KernelModules) -
     let mut list = load.join("\n");
     list.push('\n');
     tree.insert_file("usr/lib/labimg/modules-load", list, 0o644)?;
+    let mut list = early.join("\n");
+    list.push('\n');
+    tree.insert_file("usr/lib/labimg/modules-load.early", list, 0o644)?;
 
     let mut sysctls: std::collections::BTreeMap<String, String> = DEFAULT_SYSCTLS
         .iter()

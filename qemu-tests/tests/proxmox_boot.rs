@@ -66,11 +66,12 @@ fn proxmox_image_boots_under_ovmf_to_the_k3s_stand_in() {
         "labimg: root verified",
         "labimg: root mounted",
         "labimg: stage2 start",
-        "labimg: kernel ready",
         "labimg: state created",
         "labimg: state mounted",
         "labimg: network up",
         "labimg: identity hostname=pve-cp-1 role=server",
+        // Modules load in the background until the k3s config is written.
+        "labimg: kernel ready",
         "labimg: config written",
         "labimg: airgap images linked count=1",
         "labimg: k3s binary source=baked",
