@@ -208,15 +208,25 @@ statecrypt_unlock() {
 		statecrypt_tpm tpm2_flushcontext -t; }; then
 		fatal "STATE's sealed key does not load into this TPM ($(statecrypt_tpm_error)): the disk was sealed by another machine's TPM, or this TPM was cleared or replaced; STATE stays locked (it has no recovery key: README \"STATE encryption\")"
 	fi
-	if ! { statecrypt_tpm tpm2_startauthsession --policy-session -S "$statecrypt_r/session.ctx" &&
-		statecrypt_tpm tpm2_policypcr -S "$statecrypt_r/session.ctx" -l "$STATECRYPT_PCRS"; }; then
-		fatal "the TPM did not start the PCR 7 policy session: $(statecrypt_tpm_error)"
-	fi
-	(umask 077 && statecrypt_tpm tpm2_unseal -p "session:$statecrypt_r/session.ctx" -c "$statecrypt_r/seal.ctx" -o "$statecrypt_r/key")
-	statecrypt_unsealed=$?
-	statecrypt_tpm tpm2_flushcontext "$statecrypt_r/session.ctx"
+	# The TPM refuses the unseal with TPM_RC_PCR_CHANGED (0x128) when any PCR was
+	# extended between PolicyPCR and the unseal (seen on a trial boot under TCG with the
+	# PCR value itself unchanged): the session is started again, a few times.
+	statecrypt_try=0
+	while :; do
+		statecrypt_try=$((statecrypt_try + 1))
+		if ! { statecrypt_tpm tpm2_startauthsession --policy-session -S "$statecrypt_r/session.ctx" &&
+			statecrypt_tpm tpm2_policypcr -S "$statecrypt_r/session.ctx" -l "$STATECRYPT_PCRS"; }; then
+			fatal "the TPM did not start the PCR 7 policy session: $(statecrypt_tpm_error)"
+		fi
+		(umask 077 && statecrypt_tpm tpm2_unseal -p "session:$statecrypt_r/session.ctx" -c "$statecrypt_r/seal.ctx" -o "$statecrypt_r/key")
+		statecrypt_unsealed=$?
+		statecrypt_tpm tpm2_flushcontext "$statecrypt_r/session.ctx"
+		[ "$statecrypt_unsealed" -ne 0 ] && [ "$statecrypt_try" -lt 5 ] &&
+			statecrypt_tpm_error | grep -q '(0x128)' && continue
+		break
+	done
 	statecrypt_tpm tpm2_flushcontext -t
-	if [ $statecrypt_unsealed -ne 0 ]; then
+	if [ "$statecrypt_unsealed" -ne 0 ]; then
 		rm -f "$statecrypt_r/key"
 		fatal "STATE's key is not unsealed: the TPM's PCR 7 policy check failed ($(statecrypt_tpm_error)): PCR 7 (Secure Boot state: PK, KEK, db, dbx, the certificate that verified this boot) is $(statecrypt_pcr7), it was ${statecrypt_sealed_pcr7:-unknown} when STATE was sealed: other keys or firmware settings; STATE stays locked"
 	fi
