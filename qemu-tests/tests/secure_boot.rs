@@ -246,6 +246,20 @@ fn version_of(out: &Path) -> String {
     j["version"].as_str().unwrap().to_owned()
 }
 
+/// Stage 2's `labimg: kernel ready …` milestone ends in `secureboot=on`: the
+/// firmware's SecureBoot variable says it enforced signatures for this boot.
+fn assert_secure_boot_on(log: &SerialLog) {
+    let lines = log.lines_with("labimg: kernel ready ");
+    if !lines.iter().any(|l| l.ends_with(" secureboot=on")) {
+        let kept = log.keep();
+        panic!(
+            "{}: no 'labimg: kernel ready … secureboot=on' milestone: {lines:?}; serial log kept at {}",
+            log.name,
+            kept.display()
+        );
+    }
+}
+
 /// One Secure Boot machine: the v1 image behind a persistent overlay, its
 /// enrolled variable store (kept across boots), and the bundle server.
 struct Node {
@@ -304,9 +318,9 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
     // node carries on to k3s.
     let log = node.boot(None, None);
     log.assert_absent("labimg: FATAL");
+    assert_secure_boot_on(&log);
     log.assert_in_order(&[
         "labimg: stage1 start",
-        "secureboot=on",
         "labimg: upgrade signature verified",
         "labimg: upgrade refused: UKI netboot/uki/labimg-b.efi is not signed by this image's Secure Boot db key (",
         "labimg: k3s starting role=server",
@@ -319,8 +333,8 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
     copy_bundle(&v2, &bundle);
     let log = node.boot(None, None);
     log.assert_absent("labimg: FATAL");
+    // (It reboots from `pull`, before stage 2 prints `kernel ready … secureboot=`.)
     log.assert_in_order(&[
-        "secureboot=on",
         "labimg: upgrade uki verified file=netboot/uki/labimg-b.efi",
         &format!("labimg: upgrade started slot=b version={v2_version}"),
         "labimg: upgrade root written dev=",
@@ -334,9 +348,9 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
     // knows the trial from LoaderBootCountPath and blesses it once Ready.
     let log = node.boot(Some("run"), Some("labimg: boot blessed"));
     log.assert_absent("labimg: FATAL");
+    assert_secure_boot_on(&log);
     log.assert_in_order(&[
         "labimg: boot trial slot=b deadline=600s",
-        "secureboot=on",
         &format!("labimg: upgrade check version={v2_version} up-to-date"),
         "labimg: boot trial waiting node=pve-sb-1 for=Ready",
         "labimg: boot blessed slot=b",
