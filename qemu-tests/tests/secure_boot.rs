@@ -12,14 +12,20 @@
 //!   refuses a bundle whose UKI is not signed by the image's db key, stages the
 //!   signed one, and the trial boot of slot B (known from systemd-boot's
 //!   `LoaderBootCountPath`, the UKI's command line being sealed) is blessed.
+//! - STATE is sealed to the machine's vTPM (`tpm-seal-state`, one swtpm state for
+//!   every boot): the first boot makes it LUKS2 with its key sealed under PCR 7
+//!   (`state sealed`), the next boot and the trial boot of slot B after the signed
+//!   upgrade unlock it with no prompt and find the same machine-id on it; the same
+//!   disk with a fresh vTPM, and with the same keys but Secure Boot off in the
+//!   variables, stops with a FATAL that says why (each boot cut at the FATAL).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use labimg_qemu_tests::secureboot::{
     FIRMWARE_FAILED_TO_LOAD, FIRMWARE_REFUSED, KeySet, SYSTEMD_BOOT_LOAD_ERROR,
-    SYSTEMD_BOOT_REFUSED, SecureBoot, fat_disk_path, is_signed, strip_signature, tamper_root_hash,
-    test_keys,
+    SYSTEMD_BOOT_REFUSED, SecureBoot, TpmState, fat_disk_path, is_signed, strip_signature,
+    tamper_root_hash, test_keys,
 };
 use labimg_qemu_tests::{
     RawDisk, SerialLog, Vm, build_secure_boot_once, mcopy, qcow2_overlay, run, serve_dir_http,
@@ -267,6 +273,8 @@ struct Node {
     vars: PathBuf,
     port: u16,
     boots: u32,
+    /// The machine's vTPM (swtpm state), the same for every boot unless swapped.
+    tpm: TpmState,
     _scratch: tempfile::TempDir,
 }
 
@@ -280,6 +288,8 @@ impl Node {
         );
         let device = format!("virtio-net-pci,netdev=n0,mac={MAC}");
         let mut vm = Vm::x86_64_secure_boot(&name, &self.vars)
+            .unwrap()
+            .tpm(&self.tpm)
             .unwrap()
             .scsi_existing_overlay(&self.overlay)
             .extra_args(&["-netdev", &netdev, "-device", &device]);
@@ -301,6 +311,10 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
     let vars = KeySet::from_dir(&keys())
         .vars(scratch.path(), SecureBoot::Enforcing)
         .unwrap();
+    // The same keys with Secure Boot turned off, for the last boot.
+    let vars_off = KeySet::from_dir(&keys())
+        .vars(scratch.path(), SecureBoot::Disabled)
+        .unwrap();
     let bundle = scratch.path().join("bundle");
     copy_bundle(&v2, &bundle);
     let signed_b = std::fs::read(bundle.join("netboot/uki/labimg-b.efi")).unwrap();
@@ -310,6 +324,7 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
         vars,
         port: serve_dir_http(bundle.clone()),
         boots: 0,
+        tpm: TpmState::new().unwrap(),
         _scratch: scratch,
     };
     let v2_version = version_of(&v2);
@@ -328,6 +343,14 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
     ]);
     log.assert_absent("labimg: upgrade started");
     assert!(log.powered_off, "boot 1 did not power off");
+    // First boot: STATE made LUKS2, its key sealed to the vTPM under PCR 7.
+    log.assert_in_order(&[
+        "labimg: state sealed dev=/dev/sda4 luks=2 tpm=sealed pcrs=sha256:7",
+        "labimg: state created dev=/dev/sda4",
+        "labimg: state mounted dev=/dev/sda4 state=luks2 tpm=sealed",
+    ]);
+    log.assert_absent("labimg: state unlocked");
+    let first_id = machine_id(&log);
 
     // Boot 2: the publisher's signed bundle: verified by sbverify, staged, reboot.
     copy_bundle(&v2, &bundle);
@@ -343,6 +366,13 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
         ),
         "labimg: rebooting into slot b",
     ]);
+    // The next boot unlocks STATE with no prompt; what boot 1 wrote is there.
+    log.assert_in_order(&[
+        "labimg: state unlocked dev=/dev/sda4 luks=2 tpm=unsealed pcrs=sha256:7",
+        "labimg: state mounted dev=/dev/sda4 state=luks2 tpm=unsealed",
+    ]);
+    log.assert_absent("labimg: state created");
+    assert_eq!(machine_id(&log), first_id, "boot 2 has another machine-id");
 
     // Boot 3: systemd-boot picks slot B's counted UKI (newer epoch); the node
     // knows the trial from LoaderBootCountPath and blesses it once Ready.
@@ -355,6 +385,12 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
         "labimg: boot trial waiting node=pve-sb-1 for=Ready",
         "labimg: boot blessed slot=b",
     ]);
+    // The signed A/B upgrade kept PCR 7 (same db key): slot B unlocks STATE too.
+    log.assert_in_order(&[
+        "labimg: state unlocked dev=/dev/sda4 luks=2 tpm=unsealed pcrs=sha256:7",
+        "labimg: state mounted dev=/dev/sda4 state=luks2 tpm=unsealed",
+    ]);
+    assert_eq!(machine_id(&log), first_id, "slot B has another machine-id");
 
     // On the disk: slot B's UKI lost its counter, slot A's is untouched.
     let dir = tempfile::tempdir().unwrap();
@@ -374,4 +410,34 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
         .collect();
     names.sort();
     assert_eq!(names, ["labimg-a.efi", "labimg-b.efi"], "{listing}");
+
+    // The same disk in a machine with another (fresh) vTPM: the sealed key does not
+    // load; nothing is formatted.
+    let own_tpm = std::mem::replace(&mut node.tpm, TpmState::new().unwrap());
+    let log = node.boot(None, Some("labimg: FATAL"));
+    log.assert_in_order(&[
+        "labimg: FATAL: STATE's sealed key does not load into this TPM (",
+        "the disk was sealed by another machine's TPM, or this TPM was cleared or replaced",
+    ]);
+    log.assert_absent("labimg: state mounted");
+    log.keep();
+
+    // The same disk and vTPM, the same keys enrolled but Secure Boot off.
+    node.tpm = own_tpm;
+    node.vars = vars_off;
+    let log = node.boot(None, Some("labimg: FATAL"));
+    log.assert_in_order(&[
+        "labimg: FATAL: STATE is sealed to Secure Boot (PCR 7); Secure Boot is off: STATE stays locked",
+    ]);
+    log.assert_absent("labimg: state mounted");
+    log.keep();
+}
+
+/// The machine-id a boot's `host layout ready` milestone shows.
+fn machine_id(log: &SerialLog) -> String {
+    log.lines_with("labimg: host layout ready machine-id=")
+        .first()
+        .and_then(|l| l.split('=').nth(1))
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_else(|| panic!("{}: no host layout ready milestone", log.name))
 }
