@@ -49,9 +49,14 @@ pub fn build_once(name: &str, profile_text: &str) -> Result<PathBuf> {
     build_text_once(name, profile_text, None)
 }
 
-/// [`build_once`], with `SHA256SUMS` signed by `sign_key` when given.
-pub fn build_text_once(name: &str, profile_text: &str, sign_key: Option<&Path>) -> Result<PathBuf> {
-    // Per process: another test process may delete its copy while this one loads.
+/// Writes `profile_text` (its `extends` pointing into the shipped `profiles/`) to a
+/// profile file of this process, runs `build` on it, and removes it. Per process:
+/// another test process may delete its copy while this one loads.
+fn with_profile_file(
+    name: &str,
+    profile_text: &str,
+    build: impl FnOnce(&Path) -> Result<PathBuf>,
+) -> Result<PathBuf> {
     let dir = target_dir().join("qemu-test-profiles");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{name}-{}.toml", std::process::id()));
@@ -61,9 +66,16 @@ pub fn build_text_once(name: &str, profile_text: &str, sign_key: Option<&Path>) 
         &format!("extends = \"{}/", shipped.display()),
     );
     std::fs::write(&path, text)?;
-    let out = build_signed_once(name, &path, &[], sign_key);
+    let out = build(&path);
     let _ = std::fs::remove_file(&path);
     out
+}
+
+/// [`build_once`], with `SHA256SUMS` signed by `sign_key` when given.
+pub fn build_text_once(name: &str, profile_text: &str, sign_key: Option<&Path>) -> Result<PathBuf> {
+    with_profile_file(name, profile_text, |path| {
+        build_signed_once(name, path, &[], sign_key)
+    })
 }
 
 /// Creates `overlay`, a qcow2 copy-on-write layer over `base` (of `base_format`),
@@ -566,18 +578,9 @@ pub fn build_secure_boot_once(
     keys: &Path,
     epoch: u64,
 ) -> Result<PathBuf> {
-    let dir = target_dir().join("qemu-test-profiles");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{name}-{}.toml", std::process::id()));
-    let shipped = workspace_root().join("profiles");
-    let text = profile_text.replace(
-        "extends = \"",
-        &format!("extends = \"{}/", shipped.display()),
-    );
-    std::fs::write(&path, text)?;
-    let out = build_file_once(name, &path, &[], sign_key, Some((keys, epoch)));
-    let _ = std::fs::remove_file(&path);
-    out
+    with_profile_file(name, profile_text, |path| {
+        build_file_once(name, path, &[], sign_key, Some((keys, epoch)))
+    })
 }
 
 fn build_file_once(
@@ -688,6 +691,18 @@ impl Vm {
     /// The VM's name (its serial log is kept as `<name>.log`).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A VirtIO NIC with MAC `mac` on QEMU's user network where `http://10.0.2.100/`
+    /// is the HTTP server on host port `port` (an upgrade bundle): guestfwd to a
+    /// chardev carries one connection only, so `cmd:` spawns bash per guest
+    /// connection, whose /dev/tcp relays it to the server.
+    pub fn bundle_net(self, mac: &str, port: u16) -> Vm {
+        let netdev = format!(
+            "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & cat >&3'"
+        );
+        let device = format!("virtio-net-pci,netdev=n0,mac={mac}");
+        self.extra_args(&["-netdev", &netdev, "-device", &device])
     }
 
     /// Extra QEMU arguments, appended as given.
