@@ -282,17 +282,12 @@ impl Node {
     fn boot(&mut self, mode: Option<&str>, stop_at: Option<&str>) -> SerialLog {
         self.boots += 1;
         let name = format!("secure-boot-upgrade-boot{}", self.boots);
-        let netdev = format!(
-            "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{}; cat <&3 & cat >&3'",
-            self.port
-        );
-        let device = format!("virtio-net-pci,netdev=n0,mac={MAC}");
         let mut vm = Vm::x86_64_secure_boot(&name, &self.vars)
             .unwrap()
             .tpm(&self.tpm)
             .unwrap()
             .scsi_existing_overlay(&self.overlay)
-            .extra_args(&["-netdev", &netdev, "-device", &device]);
+            .bundle_net(MAC, self.port);
         if let Some(mode) = mode {
             vm = vm.stand_in_mode(mode);
         }

@@ -102,17 +102,10 @@ impl Node {
     fn boot_with(&mut self, mode: Option<&str>, stop_at: Option<&str>) -> SerialLog {
         self.boots += 1;
         let log_name = format!("{}-boot{}", self.name, self.boots);
-        // guestfwd to a chardev carries one connection only; `cmd:` spawns the
-        // command per guest connection: bash's /dev/tcp relays it to the server.
-        let netdev = format!(
-            "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{}; cat <&3 & cat >&3'",
-            self.port
-        );
-        let device = format!("virtio-net-pci,netdev=n0,mac={MAC}");
         let mut vm = Vm::x86_64_uefi(&log_name)
             .unwrap()
             .scsi_existing_overlay(&self.overlay)
-            .extra_args(&["-netdev", &netdev, "-device", &device]);
+            .bundle_net(MAC, self.port);
         if let Some(mode) = mode {
             vm = vm.stand_in_mode(mode);
         }

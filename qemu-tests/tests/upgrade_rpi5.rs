@@ -84,24 +84,12 @@ fn boot_with(
     stop_at: Option<&str>,
 ) -> SerialLog {
     let append = pi5_cmdline_on_virt(cmdline);
-    let netdev = format!(
-        "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; cat <&3 & cat >&3'"
-    );
-    let device = format!("virtio-net-pci,netdev=n0,mac={MAC}");
     let drive = format!("file={},if=none,id=hd0,format=qcow2", overlay.display());
     let mut vm = Vm::aarch64_virt(name)
         .unwrap()
         .direct_kernel(kernel, initrd, &append)
-        .extra_args(&[
-            "-drive",
-            &drive,
-            "-device",
-            "virtio-blk-pci,drive=hd0",
-            "-netdev",
-            &netdev,
-            "-device",
-            &device,
-        ]);
+        .extra_args(&["-drive", &drive, "-device", "virtio-blk-pci,drive=hd0"])
+        .bundle_net(MAC, port);
     if let Some(mode) = mode {
         vm = vm.stand_in_mode(mode);
     }
