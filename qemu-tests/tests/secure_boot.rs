@@ -346,6 +346,8 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
     ]);
     log.assert_absent("labimg: state unlocked");
     let first_id = machine_id(&log);
+    let first = log.assert_host_contract_without_dns();
+    assert!(first["node-password"].contains("created=yes"), "{first:?}");
 
     // Boot 2: the publisher's signed bundle: verified by sbverify, staged, reboot.
     copy_bundle(&v2, &bundle);
@@ -386,6 +388,13 @@ fn secure_boot_image_boots_enforcing_and_upgrades_only_to_signed_ukis() {
         "labimg: state mounted dev=/dev/sda4 state=luks2 tpm=unsealed",
     ]);
     assert_eq!(machine_id(&log), first_id, "slot B has another machine-id");
+    // k3s's node password survived the upgrade on sealed STATE.
+    let trial = log.assert_host_contract_without_dns();
+    assert_eq!(
+        trial["node-password"],
+        first["node-password"].replace("created=yes", "created=no"),
+        "slot B has another k3s node password"
+    );
 
     // On the disk: slot B's UKI lost its counter, slot A's is untouched.
     let dir = tempfile::tempdir().unwrap();

@@ -58,6 +58,7 @@ fn ssh_logs_in_with_the_profiles_key_only_and_the_host_key_is_kept() {
     let (first, fps1) = boot(ns, &disk, "ssh-boot-1", &login);
     first.assert_absent("labimg: FATAL");
     first.assert_absent("labimg: WARNING: ssh");
+    first.assert_host_contract(&[]);
     // The SSH server and the session that ran poweroff were stopped before /var.
     first.assert_absent("/var busy");
     first.assert_in_order(&[
@@ -78,6 +79,7 @@ fn ssh_logs_in_with_the_profiles_key_only_and_the_host_key_is_kept() {
     let (second, fps2) = boot(ns, &disk, "ssh-boot-2", &login);
     second.assert_absent("labimg: FATAL");
     second.assert_absent("/var busy");
+    second.assert_host_contract(&[]);
     second.assert_in_order(&[
         "labimg: state mounted",
         "host-keys=kept",

@@ -17,6 +17,7 @@
 //! whose signed `SHA256SUMS` vouches for its `upgrade.env`, the file the agent
 //! reads (tampering tests edit that one).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -226,6 +227,7 @@ fn upgrade_ab_stages_slot_b_boots_it_as_a_trial_and_blesses_it() {
         "labimg: boot trial waiting node=pve-up-1 for=Ready",
         "labimg: boot blessed slot=b ready-s=",
     ]);
+    let trial = log.assert_host_contract_without_dns();
     let config = config_lines(&log);
     assert!(
         config.iter().any(|l| l == "- labimg.test/version=v2"),
@@ -243,7 +245,25 @@ fn upgrade_ab_stages_slot_b_boots_it_as_a_trial_and_blesses_it() {
         "labimg: state mounted dev=/dev/sda4",
         "k3s-stand-in: done, powering off",
     ]);
+    let blessed = log.assert_host_contract_without_dns();
+    assert_kept(&trial, &blessed);
     eprintln!("good upgrade: {:.0?} in all", started.elapsed());
+}
+
+/// k3s's node password and the machine-id, made on the first boot that started
+/// k3s, are the same on the next one.
+fn assert_kept(first: &BTreeMap<String, String>, again: &BTreeMap<String, String>) {
+    let pw = |c: &BTreeMap<String, String>| c["node-password"].replace("created=yes", "created=no");
+    assert!(first["node-password"].contains("created=yes"), "{first:?}");
+    assert_eq!(
+        pw(first),
+        again["node-password"],
+        "the node password changed"
+    );
+    assert_eq!(
+        first["machine-id"], again["machine-id"],
+        "the machine-id changed"
+    );
 }
 
 #[test]

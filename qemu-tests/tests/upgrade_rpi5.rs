@@ -256,6 +256,7 @@ fn upgrade_rpi5_stages_slot_b_and_a_tryboot_of_it_blesses_it() {
         "labimg: boot trial waiting node=pi-up-1 for=Ready",
         "labimg: boot blessed slot=b boot_partition=3 ready-s=",
     ]);
+    log.assert_host_contract_without_dns();
     let config = log.lines_with("k3s-stand-in: config| ");
     assert!(
         config
