@@ -142,6 +142,13 @@ uptime_cs() {
 	echo $((${labimg_up%.*} * 100 + 1${labimg_up#*.} - 100))
 }
 
+# uptime_mark STAGE: remember when (uptime, seconds) a boot event's milestone happened,
+# in /run (which stage 2 inherits), so stage 2's `event STAGE` can tell labimg serve
+# how long ago it was.
+uptime_mark() {
+	cut -d' ' -f1 /proc/uptime >"/run/labimg/up.$1" 2>/dev/null || true
+}
+
 # uevent_get SYSDIR KEY: value of KEY= in SYSDIR/uevent.
 uevent_get() {
 	sed -n "s/^$2=//p" "$1/uevent" 2>/dev/null

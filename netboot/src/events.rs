@@ -35,7 +35,14 @@ pub struct EventIn {
     /// Free text.
     #[serde(default)]
     pub detail: String,
+    /// How many seconds before this post the milestone happened, by the node's uptime
+    /// (stage 1's milestones are posted from stage 2). 0 to [`MAX_AGO`].
+    #[serde(default)]
+    pub ago: Option<f64>,
 }
+
+/// The longest an event's `ago` may reach back.
+pub const MAX_AGO: f64 = 3600.0;
 
 /// A validated, time-stamped event.
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +57,9 @@ pub struct Event {
     pub detail: String,
     /// Seconds since the Unix epoch when received.
     pub time: u64,
+    /// Seconds before `time` that the milestone happened, as the node reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ago: Option<f64>,
 }
 
 impl EventIn {
@@ -69,6 +79,11 @@ impl EventIn {
         if self.detail.len() > 1024 {
             return Err("detail longer than 1024 bytes".into());
         }
+        if let Some(ago) = self.ago
+            && !(0.0..=MAX_AGO).contains(&ago)
+        {
+            return Err(format!("ago must be 0 to {MAX_AGO} seconds, not {ago}"));
+        }
         let time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -79,6 +94,7 @@ impl EventIn {
             hostname: self.hostname,
             detail: self.detail,
             time,
+            ago: self.ago,
         })
     }
 }
@@ -136,6 +152,7 @@ mod tests {
                 mac: "02:00:00:00:00:01".into(),
                 hostname: "n".into(),
                 detail: i.to_string(),
+                ago: None,
             };
             log.record(e.validate().unwrap());
         }
@@ -147,7 +164,30 @@ mod tests {
             mac: "02:00:00:00:00:01".into(),
             hostname: String::new(),
             detail: String::new(),
+            ago: None,
         };
         assert!(bad.validate().unwrap_err().contains("unknown stage"));
+    }
+
+    #[test]
+    fn ago_is_bounded() {
+        let with = |ago: f64| {
+            EventIn {
+                stage: "booted".into(),
+                mac: "02:00:00:00:00:01".into(),
+                hostname: String::new(),
+                detail: String::new(),
+                ago: Some(ago),
+            }
+            .validate()
+        };
+        assert_eq!(with(12.5).unwrap().ago, Some(12.5));
+        for bad in [-1.0, MAX_AGO + 1.0, f64::NAN, f64::INFINITY] {
+            assert!(with(bad).unwrap_err().contains("ago must be"), "{bad}");
+        }
+        // Older nodes send no `ago`.
+        let e: EventIn =
+            serde_json::from_str(r#"{"stage":"booted","mac":"02:00:00:00:00:01"}"#).unwrap();
+        assert_eq!(e.ago, None);
     }
 }

@@ -411,7 +411,8 @@ async fn post_event(State(s): S, Json(e): Json<EventIn>) -> Response {
             s.metrics
                 .inc("labimg_events_total", &[("stage", &ev.stage)]);
             let stage = crate::events::STAGES.iter().find(|st| **st == ev.stage);
-            if let Some(secs) = stage.and_then(|st| s.timeline.mark(ev.mac, st)) {
+            let ago = ev.ago.unwrap_or(0.0);
+            if let Some(secs) = stage.and_then(|st| s.timeline.mark_ago(ev.mac, st, ago)) {
                 s.metrics.observe_boot(secs);
             }
             s.events.record(ev);

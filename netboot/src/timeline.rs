@@ -5,6 +5,10 @@
 //! node in `/v1/nodes`; power-on → `k3s-started` feeds the `labimg_boot_seconds`
 //! histogram of `/metrics`.
 //!
+//! A node's events may say how long ago, by its own uptime, the milestone happened
+//! (`ago`): stage 1's milestones are only posted from stage 2, once the node has its
+//! config, and are placed back where they happened. Marks are kept in time order.
+//!
 //! A firmware DISCOVER starts a new boot unless the current one has not reached its
 //! boot script yet (a chain-loaded iPXE does its own DHCP within the same boot) and is
 //! younger than [`SAME_BOOT`]. HTTP fetches carry no MAC: they are attributed through
@@ -26,8 +30,8 @@ pub const MILESTONES: &[&str] = &[
     "boot-script",
     "kernel",
     "initrd",
-    "root-image",
     "booted",
+    "root-image",
     "root-verified",
     "network-up",
     "config-fetched",
@@ -58,7 +62,7 @@ pub struct Boot {
     /// Whether the first mark is the firmware's DHCP DISCOVER (else the server saw
     /// the boot start later, for example when another DHCP server answered).
     pub from_power_on: bool,
-    /// Milestones in the order seen, each at most once.
+    /// Milestones in time order, each at most once.
     pub marks: Vec<Mark>,
     #[serde(skip)]
     start: Option<Instant>,
@@ -110,6 +114,12 @@ impl Timeline {
     /// Records `milestone` for `mac`. Returns the seconds from power-on to it when it
     /// completes a boot seen from power-on (`k3s-started`), for the histogram.
     pub fn mark(&self, mac: Mac, milestone: &'static str) -> Option<f64> {
+        self.mark_ago(mac, milestone, 0.0)
+    }
+
+    /// [`Self::mark`] for a milestone that happened `ago` seconds before now (a node
+    /// event's `ago`): placed that far back, but not before the boot's first mark.
+    pub fn mark_ago(&self, mac: Mac, milestone: &'static str, ago: f64) -> Option<f64> {
         let Ok(mut inner) = self.inner.lock() else {
             return None;
         };
@@ -142,8 +152,10 @@ impl Timeline {
         if boot.has(milestone) {
             return None;
         }
-        let seconds = (boot.age().as_secs_f64() * 1000.0).round() / 1000.0;
-        boot.marks.push(Mark { milestone, seconds });
+        let at = (boot.age().as_secs_f64() - ago.max(0.0)).max(0.0);
+        let seconds = (at * 1000.0).round() / 1000.0;
+        let i = boot.marks.partition_point(|m| m.seconds <= seconds);
+        boot.marks.insert(i, Mark { milestone, seconds });
         (milestone == "k3s-started" && boot.from_power_on).then_some(seconds)
     }
 
@@ -269,6 +281,34 @@ mod tests {
         assert!(!t.of(&m).unwrap().from_power_on);
         t.mark(m, "booted"); // a reboot that skipped the server's DHCP
         assert_eq!(t.of(&m).unwrap().marks.len(), 1);
+    }
+
+    /// Stage 1's milestones arrive from stage 2 with how long ago they happened.
+    #[test]
+    fn a_milestone_posted_late_is_placed_when_it_happened() {
+        let t = Timeline::default();
+        let m = mac("02:00:00:00:00:03");
+        t.mark(m, "dhcp-discover");
+        std::thread::sleep(Duration::from_millis(300));
+        t.mark(m, "root-image");
+        std::thread::sleep(Duration::from_millis(300));
+        // Posted now, happened 0.5 s ago: before the root image was fetched.
+        t.mark_ago(m, "booted", 0.5);
+        // An `ago` reaching back past power-on stops at the boot's start.
+        t.mark_ago(m, "root-verified", 3600.0);
+        let b = t.of(&m).unwrap();
+        let names: Vec<_> = b.marks.iter().map(|m| m.milestone).collect();
+        assert_eq!(
+            names,
+            ["dhcp-discover", "root-verified", "booted", "root-image"]
+        );
+        let at = |n: &str| b.seconds_to(n).unwrap();
+        assert_eq!(at("root-verified"), 0.0);
+        assert!(
+            at("booted") > 0.0 && at("booted") < at("root-image"),
+            "{b:?}"
+        );
+        assert!((at("booted") - 0.1).abs() < 0.1, "{b:?}");
     }
 
     #[test]

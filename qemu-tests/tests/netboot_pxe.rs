@@ -355,9 +355,9 @@ fn x86_64_bios_pxe_in_proxy_mode_beside_a_router_boots_to_the_k3s_stand_in() {
         })
         .collect();
     let names: Vec<&str> = marks.iter().map(|(n, _)| n.as_str()).collect();
-    // Every milestone, in the order the server lists them (the node's events come
-    // last: it posts them from stage 2, once it has its config, and the server stamps
-    // them as they arrive).
+    // Every milestone, in boot order. The node posts `booted` (stage 1's start) only
+    // from stage 2, after the root image was fetched; its `ago` puts it back before
+    // the `root-image` fetch, where it happened.
     assert_eq!(
         names,
         labimg_netboot::timeline::MILESTONES,
