@@ -14,6 +14,10 @@ use anyhow::{Context, Result, bail};
 
 use crate::tree::Tree;
 
+mod select;
+
+pub use select::{NODE_DROPPED, NODE_KEPT, NODE_NEEDS, Need, in_node_classes};
+
 /// The modules of one kernel version inside a tree.
 #[derive(Debug)]
 pub struct KernelModules {
@@ -25,8 +29,27 @@ pub struct KernelModules {
     builtin: BTreeSet<String>,
 }
 
-/// A module's name and the modules its `.modinfo` says it depends on.
-type DirectDeps = (String, Vec<String>);
+/// What a module's `.modinfo` says about how it is found and loaded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ModInfo {
+    /// `depends=`: the modules it needs loaded first.
+    pub depends: Vec<String>,
+    /// `alias=`, one per alias.
+    pub aliases: Vec<String>,
+    /// `softdep=`, one per line (`pre: a b post: c`).
+    pub softdeps: Vec<String>,
+}
+
+impl ModInfo {
+    /// The module names a `softdep` line asks for (`pre:`/`post:` dropped), normalized.
+    pub fn softdep_modules(&self) -> impl Iterator<Item = String> + '_ {
+        self.softdeps
+            .iter()
+            .flat_map(|l| l.split_whitespace())
+            .filter(|t| !t.ends_with(':'))
+            .map(normalize_name)
+    }
+}
 
 /// One module chosen for loading.
 #[derive(Clone, Debug)]
@@ -286,11 +309,15 @@ impl KernelModules {
     /// Renders `modules.dep`, `modules.alias` and `modules.softdep` in one pass over
     /// every module (each is decompressed once).
     pub fn index(&self, tree: &Tree) -> Result<ModuleIndex> {
+        Ok(self.render_index(&self.modinfo(tree)?))
+    }
+
+    /// The `.modinfo` of every module, read in parallel (each is decompressed once).
+    pub fn modinfo(&self, tree: &Tree) -> Result<BTreeMap<String, ModInfo>> {
         let names: Vec<&String> = self.modules.keys().collect();
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let chunk = names.len().div_ceil(threads).max(1);
-        type Info = (DirectDeps, Vec<String>, Vec<String>);
-        let deps: Vec<Result<Vec<Info>>> = std::thread::scope(|s| {
+        let parts: Vec<Result<Vec<(String, ModInfo)>>> = std::thread::scope(|s| {
             let handles: Vec<_> = names
                 .chunks(chunk)
                 .map(|part| {
@@ -304,11 +331,12 @@ impl KernelModules {
                                     .unwrap_or_default();
                                 let data = decompress(rel, raw)
                                     .with_context(|| format!("decompressing {}", rel.display()))?;
-                                Ok((
-                                    ((*n).clone(), modinfo_depends(&data)),
-                                    modinfo_values(&data, "alias"),
-                                    modinfo_values(&data, "softdep"),
-                                ))
+                                let info = ModInfo {
+                                    depends: modinfo_depends(&data),
+                                    aliases: modinfo_values(&data, "alias"),
+                                    softdeps: modinfo_values(&data, "softdep"),
+                                };
+                                Ok(((*n).clone(), info))
                             })
                             .collect()
                     })
@@ -316,20 +344,32 @@ impl KernelModules {
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().expect("modules.dep worker panicked"))
+                .map(|h| h.join().expect("modinfo worker panicked"))
                 .collect()
         });
-        let mut direct = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for part in parts {
+            out.extend(part?);
+        }
+        Ok(out)
+    }
+
+    /// `modules.dep`, `modules.alias` and `modules.softdep` of the modules this
+    /// set holds (after [`KernelModules::retain`], only the kept ones), from their
+    /// `.modinfo` as [`KernelModules::modinfo`] read it.
+    pub fn render_index(&self, info: &BTreeMap<String, ModInfo>) -> ModuleIndex {
+        let direct: BTreeMap<String, Vec<String>> = info
+            .iter()
+            .filter(|(n, _)| self.modules.contains_key(*n))
+            .map(|(n, i)| (n.clone(), i.depends.clone()))
+            .collect();
         let (mut alias, mut softdep) = (String::new(), String::new());
-        for part in deps {
-            for ((name, depends), aliases, softdeps) in part? {
-                for a in aliases {
-                    alias.push_str(&format!("alias {a} {name}\n"));
-                }
-                for d in softdeps {
-                    softdep.push_str(&format!("softdep {name} {d}\n"));
-                }
-                direct.insert(name, depends);
+        for (name, i) in info.iter().filter(|(n, _)| self.modules.contains_key(*n)) {
+            for a in &i.aliases {
+                alias.push_str(&format!("alias {a} {name}\n"));
+            }
+            for d in &i.softdeps {
+                softdep.push_str(&format!("softdep {name} {d}\n"));
             }
         }
         let mut out = String::new();
@@ -352,11 +392,67 @@ impl KernelModules {
             }
             out.push('\n');
         }
-        Ok(ModuleIndex {
+        ModuleIndex {
             dep: out,
             alias,
             softdep,
-        })
+        }
+    }
+
+    /// Module name → its file, relative to [`KernelModules::dir`].
+    pub fn paths(&self) -> &BTreeMap<String, PathBuf> {
+        &self.modules
+    }
+
+    /// The bytes of the module files as stored in `tree` (compressed, as shipped).
+    pub fn stored_bytes(&self, tree: &Tree) -> u64 {
+        self.modules
+            .values()
+            .filter_map(|rel| tree.get(self.dir.join(rel)).and_then(|e| e.data()))
+            .map(|d| d.len() as u64)
+            .sum()
+    }
+
+    /// Removes from `tree` (and from this set) every module not in `keep`.
+    pub fn retain(&mut self, tree: &mut Tree, keep: &BTreeSet<String>) -> Result<()> {
+        let dropped: Vec<String> = self
+            .modules
+            .keys()
+            .filter(|n| !keep.contains(*n))
+            .cloned()
+            .collect();
+        for name in dropped {
+            let rel = self.modules.remove(&name).expect("listed above");
+            tree.remove(self.dir.join(&rel))
+                .with_context(|| format!("removing {}", rel.display()))?;
+        }
+        // Folders left empty, deepest first (a child sorts after its parent).
+        let base = self.dir.join("kernel");
+        let dirs: Vec<PathBuf> = tree
+            .iter()
+            .filter(|(p, e)| e.is_dir() && p.starts_with(&base))
+            .map(|(p, _)| p.to_path_buf())
+            .collect();
+        for d in dirs.into_iter().rev() {
+            if tree.children(&d).next().is_none() {
+                tree.remove(&d)?;
+            }
+        }
+        // depmod's list of modules in build order, where the package ships one.
+        let order = self.dir.join("modules.order");
+        if let Some(text) = tree.get(&order).and_then(|e| e.data()) {
+            let kept: String = String::from_utf8_lossy(text)
+                .lines()
+                .filter(|l| {
+                    let stem = Path::new(l).file_stem().unwrap_or_default();
+                    self.modules
+                        .contains_key(&normalize_name(&stem.to_string_lossy()))
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            tree.insert_file(&order, kept, 0o644)?;
+        }
+        Ok(())
     }
 }
 
