@@ -153,14 +153,10 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
     let mut boot_tree = Tree::new();
     rootfs::unpack(&mut boot_tree, &inputs.boot)?;
 
-    let mut modules = target.boot_modules();
-    modules.extend(profile.kernel.modules.iter().cloned());
-    if profile.secure_boot.enabled {
-        // A UKI's command line cannot say "trial boot": stage 1 learns it from
-        // systemd-boot's LoaderBootCountPath variable, on efivarfs (a module in
-        // Debian's cloud kernel), to reboot on a FATAL so a failed upgrade rolls back.
-        modules.push("efivarfs".into());
-    }
+    let modules: Vec<String> = target::initramfs_modules(target.as_ref(), profile)
+        .into_iter()
+        .flat_map(|n| n.names)
+        .collect();
     anyhow::ensure!(
         rootfs.tree.get_follow(crate::initramfs::DMSETUP).is_some(),
         "the profile's packages lack dmsetup (Debian package `dmsetup`), which stage 1 needs to open the dm-verity root"
@@ -299,6 +295,7 @@ pub fn build(profile: &Profile, opts: &BuildOptions) -> Result<BuildResult> {
         kernel_version: rootfs.kernel_version.clone(),
         cmdline,
         initramfs_modules: initramfs.modules.clone(),
+        root_modules: Some(rootfs.modules.clone()),
         root_image: root_file,
         root_verity: root.verity.clone(),
         k3s,

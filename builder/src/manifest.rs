@@ -52,6 +52,10 @@ pub struct Manifest {
     /// Kernel command line per root slot.
     pub cmdline: BTreeMap<String, String>,
     pub initramfs_modules: Vec<String>,
+    /// The loadable modules in the root image (`kernel.module-set`). Absent in
+    /// manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_modules: Option<RootModules>,
     pub root_image: OutputFile,
     /// dm-verity parameters of the root image (also on the command lines).
     pub root_verity: crate::verity::Verity,
@@ -68,6 +72,20 @@ pub struct Manifest {
     /// otherwise (and in manifests written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_boot: Option<SecureBootRecord>,
+}
+
+/// What `manifest.json` says about the root image's kernel modules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RootModules {
+    /// `kernel.module-set`: `full` or `node`.
+    pub set: String,
+    /// How many loadable modules the root image holds.
+    pub count: usize,
+    /// Their bytes as stored (compressed, as the kernel package ships them).
+    pub bytes: u64,
+    /// How many of the kernel package's modules the set left out.
+    pub dropped: usize,
 }
 
 /// What `manifest.json` says about a Secure Boot build.

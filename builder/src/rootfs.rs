@@ -11,10 +11,11 @@ use anyhow::{Context, Result};
 use sha2::Digest;
 
 use crate::debian::{FetchedPackage, extract_deb};
-use crate::kmod::KernelModules;
+use crate::kmod::{KernelModules, ModInfo, NODE_NEEDS, Need};
+use crate::manifest::RootModules;
 use crate::nodecfg::NodeTable;
 use crate::preseed::RenderOptions;
-use crate::profile::Profile;
+use crate::profile::{ModuleSet, Profile};
 use crate::tree::{Entry, Kind, Tree};
 
 /// The node OS sources, compiled into labimg so a build needs no checkout.
@@ -36,6 +37,8 @@ pub struct Rootfs {
     /// The kernel image from the kernel package's `/boot/vmlinuz-*`.
     pub kernel: Vec<u8>,
     pub kernel_version: String,
+    /// `kernel.module-set` and what it kept.
+    pub modules: RootModules,
 }
 
 /// Where the k3s binary comes from.
@@ -445,6 +448,53 @@ pub const DEFAULT_SYSCTLS: &[(&str, &str)] = &[
     ("vm.panic_on_oom", "0"),
 ];
 
+/// `kernel.module-set`: with `"node"`, drops from `tree` every module outside the node
+/// set ([`KernelModules::select_node`]), keeping what the initramfs, stage 2 and the
+/// profile name and what cluster software loads ([`NODE_NEEDS`]); with `"full"`, keeps
+/// all. Returns what `manifest.json` records.
+fn module_set(
+    tree: &mut Tree,
+    profile: &Profile,
+    modules: &mut KernelModules,
+    info: &std::collections::BTreeMap<String, ModInfo>,
+) -> Result<RootModules> {
+    let total = modules.len();
+    let set = profile.kernel.module_set;
+    if set == ModuleSet::Node {
+        let target = crate::target::for_profile(profile)?;
+        let mut needs = crate::target::initramfs_modules(target.as_ref(), profile);
+        needs.push(Need::new(
+            "labimg's k3s and Cilium modules (rootfs::RUNTIME_MODULES)",
+            RUNTIME_MODULES,
+        ));
+        // Where the kernel has them, as stage 2 loads them.
+        let buttons: Vec<&str> = POWER_BUTTON_MODULES
+            .iter()
+            .copied()
+            .filter(|m| modules.paths().contains_key(*m))
+            .collect();
+        needs.push(Need::new("the power button", &buttons));
+        if profile.secure_boot.tpm_seal_state {
+            needs.push(Need::new("secure-boot.tpm-seal-state", STATECRYPT_MODULES));
+        }
+        needs.push(Need::new("kernel.load", &profile.kernel.load));
+        for (what, names) in NODE_NEEDS {
+            needs.push(Need::new(
+                format!("what {what} loads (kmod::NODE_NEEDS)"),
+                names,
+            ));
+        }
+        let keep = modules.select_node(info, &needs)?;
+        modules.retain(tree, &keep)?;
+    }
+    Ok(RootModules {
+        set: set.as_str().to_owned(),
+        count: modules.len(),
+        bytes: modules.stored_bytes(tree),
+        dropped: total - modules.len(),
+    })
+}
+
 /// Writes what stage 2 applies before k3s starts: `usr/lib/labimg/modules-load`
 /// (one module a line, built-ins left out), the part of it stage 2 loads first
 /// (`modules-load.early`), and `usr/lib/labimg/sysctl.conf`.
@@ -572,8 +622,12 @@ pub fn assemble_rootfs(
     etc_files(&mut tree, profile)?;
     host_layout(&mut tree)?;
     let nodes = node_os(&mut tree, nodes)?;
-    let modules = KernelModules::find(&tree)?;
-    let index = modules.index(&tree).context("writing modules.dep")?;
+    let mut modules = KernelModules::find(&tree)?;
+    let info = modules
+        .modinfo(&tree)
+        .context("reading the modules' .modinfo")?;
+    let module_record = module_set(&mut tree, profile, &mut modules, &info)?;
+    let index = modules.render_index(&info);
     tree.insert_file(modules.dir.join("modules.dep"), index.dep, 0o644)?;
     tree.insert_file(modules.dir.join("modules.alias"), index.alias, 0o644)?;
     tree.insert_file(modules.dir.join("modules.softdep"), index.softdep, 0o644)?;
@@ -600,15 +654,18 @@ pub fn assemble_rootfs(
     }
     tree.set_all_mtimes(epoch);
     tracing::info!(
-        "root tree: {} paths, {} MiB, kernel {kernel_version} ({} modules), {applets} busybox applets, {certs} CA certificates, {nodes} nodes",
+        "root tree: {} paths, {} MiB, kernel {kernel_version} ({} modules, {} MiB, module-set {}), {applets} busybox applets, {certs} CA certificates, {nodes} nodes",
         tree.len(),
         tree.file_bytes() >> 20,
-        modules.len()
+        module_record.count,
+        module_record.bytes >> 20,
+        module_record.set
     );
     Ok(Rootfs {
         tree,
         kernel: kernel_image,
         kernel_version,
+        modules: module_record,
     })
 }
 

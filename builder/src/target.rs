@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::Result;
 
 use crate::artifact::{Cmdline, NetbootInfo};
+use crate::kmod::Need;
 use crate::profile::{Board, Profile};
 use crate::rootimg::RootImage;
 use crate::tree::Tree;
@@ -69,6 +70,24 @@ pub fn for_profile(profile: &Profile) -> Result<Box<dyn Target>> {
         Board::Proxmox => Ok(Box::new(Proxmox)),
         Board::Rpi5 => Ok(Box::new(Rpi5)),
     }
+}
+
+/// The modules the initramfs carries, with where each list comes from: the board's
+/// boot modules, `kernel.modules`, and with Secure Boot `efivarfs` (a UKI's command
+/// line cannot say "trial boot": stage 1 reads systemd-boot's LoaderBootCountPath
+/// variable there, to reboot on a FATAL so that a failed upgrade rolls back).
+pub fn initramfs_modules(target: &dyn Target, profile: &Profile) -> Vec<Need> {
+    let mut out = vec![
+        Need::new(
+            format!("the {} board's boot modules", target.name()),
+            &target.boot_modules(),
+        ),
+        Need::new("kernel.modules", &profile.kernel.modules),
+    ];
+    if profile.secure_boot.enabled {
+        out.push(Need::new("secure-boot.enabled", &["efivarfs"]));
+    }
+    out
 }
 
 /// Kernel arguments every target shares: where root is and how to check it.

@@ -54,6 +54,7 @@ fn manifest() -> Manifest {
         kernel_version: "6.12.0-0-cloud-amd64".into(),
         cmdline: [("a".to_owned(), "console=ttyS0".to_owned())].into(),
         initramfs_modules: Vec::new(),
+        root_modules: None,
         root_image: OutputFile {
             path: "netboot/root.squashfs".into(),
             size: 4096,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::types::{Arch, Board, Cluster, Cni, CniKind, Debian, Disk, Gitops, GitopsEngine};
-use super::types::{ImageFormat, Kernel, Outputs, Size};
+use super::types::{ImageFormat, Kernel, ModuleSet, Outputs, Size};
 
 /// Default Debian mirror.
 pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
@@ -71,6 +71,7 @@ impl Default for Kernel {
                 .to_vec(),
             load: Vec::new(),
             sysctls: BTreeMap::new(),
+            module_set: ModuleSet::Full,
         }
     }
 }

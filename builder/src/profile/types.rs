@@ -311,6 +311,53 @@ pub struct Kernel {
     /// labimg's defaults for Kubernetes (IP forwarding, bridge netfilter, inotify
     /// limits, kubelet's expected panic settings; listed in `builder/node/README.md`).
     pub sysctls: BTreeMap<String, SysctlValue>,
+    /// Which of the kernel package's loadable modules go into the root image.
+    /// Default `"full"`: every one. `"node"` keeps what a k3s node can use:
+    /// modules under `kernel/` in `fs`, `net` (not wireless, Bluetooth, NFC,
+    /// 802.15.4), `crypto`, `lib`, `block`, `mm`, `arch`, `virt`, and the storage,
+    /// network (not wireless or WWAN), USB, PCI, VirtIO, VFIO/UIO, LIO target,
+    /// bus, platform-core (clocks, pins, regulators, power), TPM, RTC, watchdog,
+    /// sensor and input drivers (`builder/src/kmod/select.rs` lists the folders).
+    /// Sound, GPU/DRM (the node's console is serial), media, staging, IIO,
+    /// InfiniBand, Bluetooth and wireless drivers are dropped, except what a kept
+    /// module depends on. Always kept, with their dependencies: the board's boot
+    /// modules, `kernel.modules`, `kernel.load`, what stage 2 loads for k3s and
+    /// Cilium, and what Longhorn (iSCSI, dm-crypt, NFSv4, NVMe/TCP, VFIO/UIO), the
+    /// NFS client, WireGuard and Cilium (tunnels, BPF classifiers and actions,
+    /// IPsec) load on demand. A name the kernel lacks is a build error naming the
+    /// key it came from. `modules.dep`, `modules.alias` and `modules.softdep` list
+    /// the kept modules only; `manifest.json` records the set, its module count
+    /// and bytes (`root_modules`). On Raspberry Pi 5 it keeps 2670 of 4486 modules
+    /// and the root image shrinks from 130 MiB to 88 MiB (`builder/src/target/RPI5.md`,
+    /// "Module set"). Shown in a resolved profile only when not `"full"`.
+    #[serde(skip_serializing_if = "ModuleSet::is_full")]
+    pub module_set: ModuleSet,
+}
+
+/// `kernel.module-set`: which loadable modules the root image carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModuleSet {
+    /// Every module of the kernel package.
+    #[default]
+    Full,
+    /// What a k3s node can load (see `kernel.module-set`).
+    Node,
+}
+
+impl ModuleSet {
+    /// The default: left out of a resolved profile.
+    pub fn is_full(&self) -> bool {
+        *self == ModuleSet::Full
+    }
+
+    /// The name a profile gives it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ModuleSet::Full => "full",
+            ModuleSet::Node => "node",
+        }
+    }
 }
 
 /// A sysctl value: a number or a string (`"4096 87380 6291456"`).
