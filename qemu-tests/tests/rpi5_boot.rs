@@ -11,6 +11,12 @@
 //! is refused with another key and with a password, reads the persisted log (the
 //! milestones said before syslogd started are in it) and powers the node off, through
 //! its stop sequence. The stand-in keeps running until then (`run` mode).
+//!
+//! The profile takes the small module set (`kernel.module-set = "node"`, #15), so
+//! this boot is also its proof: stage 1's boot modules, stage 2's k3s and Cilium
+//! modules and the stand-in's host contract (a netfilter chain loaded by alias, a
+//! link type the kernel loads on demand) all work with only the kept modules. The
+//! shipped pi5 profile keeps `"full"`; `shipped_profiles_boot` boots that one.
 
 use std::time::{Duration, Instant};
 
@@ -21,12 +27,16 @@ use labimg_qemu_tests::{Vm, build_once, pi5_boot_files, raw_image};
 const MAC: &str = "52:54:00:12:34:57";
 const NET: u8 = 80;
 
-/// The shipped pi5 profile plus one node keyed by the VM's MAC (`virt` has no
-/// Pi serial number in its device tree), and the test's SSH key.
+/// The shipped pi5 profile with the node module set, plus one node keyed by the
+/// VM's MAC (`virt` has no Pi serial number in its device tree), and the test's
+/// SSH key.
 fn profile() -> String {
     format!(
         r#"
 extends = "pi5.toml"
+
+[kernel]
+module-set = "node"
 
 [[nodes]]
 hostname = "pi-cp-1"
@@ -45,6 +55,15 @@ labels = {{ "topology.kubernetes.io/zone" = "shelf-1" }}
 fn pi5_image_boots_on_aarch64_virt_to_the_k3s_stand_in() {
     let started = Instant::now();
     let out = build_once("pi5", &profile()).expect("building the pi5 profile");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let modules = &manifest["root_modules"];
+    eprintln!("root image modules: {modules}");
+    assert_eq!(modules["set"], "node", "{modules}");
+    assert!(
+        modules["dropped"].as_u64().unwrap() > 1000,
+        "the node set dropped too little: {modules}"
+    );
     let scratch = tempfile::tempdir().unwrap();
     let raw = raw_image(&out, scratch.path());
     let (kernel, initrd, append) = pi5_boot_files(&raw, scratch.path());
