@@ -7,16 +7,14 @@
 //! there.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
-use labimg_builder::debian::Cache;
 use labimg_builder::initramfs::make_initramfs;
-use labimg_builder::inputs::{fetch_inputs, resolve_inputs};
 use labimg_builder::kmod::{NODE_NEEDS, normalize_name};
-use labimg_builder::nodecfg::NodeTable;
-use labimg_builder::preseed::{Destination, RenderOptions};
-use labimg_builder::rootfs::{K3sBinary, RUNTIME_MODULES, Rootfs, assemble_rootfs};
+use labimg_builder::rootfs::{RUNTIME_MODULES, Rootfs};
 use labimg_builder::tree::Tree;
+
+#[path = "common/assemble.rs"]
+mod assemble;
 
 /// The module names in `tree` under `dir` (`usr/lib/modules/<kver>`).
 fn module_names(tree: &Tree, dir: &str) -> BTreeSet<String> {
@@ -33,32 +31,14 @@ fn module_names(tree: &Tree, dir: &str) -> BTreeSet<String> {
 /// The shipped pi5 profile with `sets`, assembled as `labimg build` does, and every
 /// module name of its kernel package.
 fn pi5_rootfs(sets: &[&str]) -> (labimg_builder::profile::Profile, Rootfs, BTreeSet<String>) {
-    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
-    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    let p = labimg_builder::profile::load("pi5", &profiles, &sets).unwrap();
-    let target = labimg_builder::target::for_profile(&p).unwrap();
-    let (archive, resolved) =
-        resolve_inputs(&p, target.as_ref(), Cache::open_default().unwrap()).unwrap();
-    let inputs = fetch_inputs(&archive, &resolved).unwrap();
+    let a = assemble::shipped("pi5", sets);
     let mut package = Tree::new();
-    labimg_builder::rootfs::unpack(&mut package, &inputs.kernel).unwrap();
-    let render = RenderOptions::default();
-    let nodes = NodeTable::render(&p, &render).unwrap();
-    let rootfs = assemble_rootfs(
-        &p,
-        &inputs.kernel,
-        &inputs.root,
-        K3sBinary::FirstBoot,
-        &nodes.for_destination(Destination::Shared, &render),
-        &render,
-        0,
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    labimg_builder::rootfs::unpack(&mut package, &a.inputs.kernel).unwrap();
     let all = module_names(
         &package,
-        &format!("usr/lib/modules/{}", rootfs.kernel_version),
+        &format!("usr/lib/modules/{}", a.rootfs.kernel_version),
     );
-    (p, rootfs, all)
+    (a.profile, a.rootfs, all)
 }
 
 fn text(tree: &Tree, path: &str) -> String {

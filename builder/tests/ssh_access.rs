@@ -5,12 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use labimg_builder::debian::Cache;
-use labimg_builder::inputs::{fetch_inputs, resolve_inputs};
 use labimg_builder::nodecfg::{AUTHORIZED_KEYS, NodeTable};
 use labimg_builder::preseed::{Destination, RenderOptions};
 use labimg_builder::profile::{self, Profile, SSH_PACKAGE};
-use labimg_builder::rootfs::{K3sBinary, SSH_PROGRAMS, SSH_SCRIPT, assemble_rootfs};
+use labimg_builder::rootfs::{SSH_PROGRAMS, SSH_SCRIPT};
+
+#[path = "common/assemble.rs"]
+mod assemble;
 
 const ED25519: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILAJI7t30R9Orbz579vTk66IYL5jAXmZVi3sLBofRaqt op@ws";
@@ -139,33 +140,11 @@ fn each_node_gets_the_cluster_keys_and_its_own_and_no_keys_means_no_ssh() {
     assert!(!resolved.contains("[ssh]"), "{resolved}");
 }
 
-/// Resolves, fetches (verified Debian archive, cached) and assembles the root tree of
-/// the shipped proxmox profile with `sets`, as `labimg build` does.
+/// The shipped proxmox profile's root with `sets`: the root packages' names and the tree.
 fn root_tree(sets: &[String]) -> (Vec<String>, labimg_builder::tree::Tree) {
-    let p = profile::load("proxmox", &profiles_dir(), sets).unwrap();
-    let target = labimg_builder::target::for_profile(&p).unwrap();
-    let (archive, resolved) =
-        resolve_inputs(&p, target.as_ref(), Cache::open_default().unwrap()).unwrap();
-    let names = resolved
-        .root
-        .packages
-        .iter()
-        .map(|p| p.name.clone())
-        .collect();
-    let inputs = fetch_inputs(&archive, &resolved).unwrap();
-    let render = RenderOptions::default();
-    let nodes = NodeTable::render(&p, &render).unwrap();
-    let rootfs = assemble_rootfs(
-        &p,
-        &inputs.kernel,
-        &inputs.root,
-        K3sBinary::FirstBoot,
-        &nodes.for_destination(Destination::Shared, &render),
-        &render,
-        0,
-    )
-    .unwrap();
-    (names, rootfs.tree)
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let a = assemble::shipped("proxmox", &sets);
+    (a.root_packages, a.rootfs.tree)
 }
 
 #[test]

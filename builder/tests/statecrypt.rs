@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+#[path = "common/assemble.rs"]
+mod assemble;
+
 const SECUREBOOT_VAR: &str = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
 
 /// A swtpm TPM 2.0 on two free TCP ports, stopped on drop; its state in `dir`.
@@ -414,41 +417,10 @@ fn refusals_leave_state_as_it_was() {
     assert_eq!(std::fs::read(&plain).unwrap(), before);
 }
 
-/// Resolves, fetches (verified Debian archive, cached) and assembles the root tree of
-/// the shipped proxmox profile with `sets`, as `labimg build` does: the root packages'
-/// names and the tree.
+/// The shipped proxmox profile's root with `sets`: the root packages' names and the tree.
 fn root_tree(sets: &[&str]) -> (Vec<String>, labimg_builder::tree::Tree) {
-    use labimg_builder::debian::Cache;
-    use labimg_builder::inputs::{fetch_inputs, resolve_inputs};
-    use labimg_builder::nodecfg::NodeTable;
-    use labimg_builder::preseed::{Destination, RenderOptions};
-    use labimg_builder::rootfs::{K3sBinary, assemble_rootfs};
-    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
-    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    let p = labimg_builder::profile::load("proxmox", &profiles, &sets).unwrap();
-    let target = labimg_builder::target::for_profile(&p).unwrap();
-    let (archive, resolved) =
-        resolve_inputs(&p, target.as_ref(), Cache::open_default().unwrap()).unwrap();
-    let names = resolved
-        .root
-        .packages
-        .iter()
-        .map(|p| p.name.clone())
-        .collect();
-    let inputs = fetch_inputs(&archive, &resolved).unwrap();
-    let render = RenderOptions::default();
-    let nodes = NodeTable::render(&p, &render).unwrap();
-    let rootfs = assemble_rootfs(
-        &p,
-        &inputs.kernel,
-        &inputs.root,
-        K3sBinary::FirstBoot,
-        &nodes.for_destination(Destination::Shared, &render),
-        &render,
-        0,
-    )
-    .unwrap();
-    (names, rootfs.tree)
+    let a = assemble::shipped("proxmox", sets);
+    (a.root_packages, a.rootfs.tree)
 }
 
 /// Only `tpm-seal-state` brings statecrypt.sh, cryptsetup, tpm2-tools (with the
