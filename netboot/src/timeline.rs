@@ -69,15 +69,22 @@ pub struct Boot {
 }
 
 impl Boot {
-    fn new(first: &'static str) -> Self {
+    /// A boot whose first mark, `first`, happened `ago` seconds before now.
+    fn new(first: &'static str, ago: f64) -> Self {
+        let ago = Duration::from_secs_f64(ago.clamp(0.0, crate::events::MAX_AGO));
+        let now = SystemTime::now();
         Self {
-            started: SystemTime::now()
+            started: now
+                .checked_sub(ago)
+                .unwrap_or(now)
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as f64 / 1000.0)
                 .unwrap_or(0.0),
             from_power_on: first == "dhcp-discover",
             marks: Vec::new(),
-            start: Some(Instant::now()),
+            start: Instant::now()
+                .checked_sub(ago)
+                .or_else(|| Some(Instant::now())),
         }
     }
 
@@ -118,7 +125,8 @@ impl Timeline {
     }
 
     /// [`Self::mark`] for a milestone that happened `ago` seconds before now (a node
-    /// event's `ago`): placed that far back, but not before the boot's first mark.
+    /// event's `ago`): placed that far back, but not before the boot's first mark. A
+    /// boot that starts with it (the server did not see the firmware) starts then.
     pub fn mark_ago(&self, mac: Mac, milestone: &'static str, ago: f64) -> Option<f64> {
         let Ok(mut inner) = self.inner.lock() else {
             return None;
@@ -146,7 +154,7 @@ impl Timeline {
                     inner.boots.remove(&m);
                 }
             }
-            inner.boots.insert(mac, Boot::new(milestone));
+            inner.boots.insert(mac, Boot::new(milestone, ago));
         }
         let boot = inner.boots.get_mut(&mac)?;
         if boot.has(milestone) {
@@ -309,6 +317,28 @@ mod tests {
             "{b:?}"
         );
         assert!((at("booted") - 0.1).abs() < 0.1, "{b:?}");
+    }
+
+    /// A boot the server did not see from power-on (another DHCP server answered)
+    /// starts when its first event's milestone happened, not when it arrived.
+    #[test]
+    fn a_boot_first_seen_through_a_late_event_starts_when_it_happened() {
+        let t = Timeline::default();
+        let m = mac("02:00:00:00:00:04");
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        t.mark_ago(m, "booted", 20.0);
+        t.mark_ago(m, "root-verified", 15.0);
+        t.mark(m, "network-up");
+        let b = t.of(&m).unwrap();
+        assert!(!b.from_power_on);
+        assert!((before - 20.0 - b.started).abs() < 1.0, "{b:?}");
+        assert_eq!(b.seconds_to("booted"), Some(0.0));
+        let at = |n: &str| b.seconds_to(n).unwrap();
+        assert!((at("root-verified") - 5.0).abs() < 0.5, "{b:?}");
+        assert!((at("network-up") - 20.0).abs() < 0.5, "{b:?}");
     }
 
     #[test]
