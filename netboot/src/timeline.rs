@@ -71,7 +71,12 @@ pub struct Boot {
 impl Boot {
     /// A boot whose first mark, `first`, happened `ago` seconds before now.
     fn new(first: &'static str, ago: f64) -> Self {
-        let ago = Duration::from_secs_f64(ago.clamp(0.0, crate::events::MAX_AGO));
+        let ago = if ago.is_finite() {
+            ago.clamp(0.0, crate::events::MAX_AGO)
+        } else {
+            0.0
+        };
+        let ago = Duration::from_secs_f64(ago);
         let now = SystemTime::now();
         Self {
             started: now
@@ -304,11 +309,18 @@ mod tests {
         t.mark_ago(m, "booted", 0.5);
         // An `ago` reaching back past power-on stops at the boot's start.
         t.mark_ago(m, "root-verified", 3600.0);
+        t.mark_ago(m, "network-up", f64::NAN); // not from a validated event: now
         let b = t.of(&m).unwrap();
         let names: Vec<_> = b.marks.iter().map(|m| m.milestone).collect();
         assert_eq!(
             names,
-            ["dhcp-discover", "root-verified", "booted", "root-image"]
+            [
+                "dhcp-discover",
+                "root-verified",
+                "booted",
+                "root-image",
+                "network-up"
+            ]
         );
         let at = |n: &str| b.seconds_to(n).unwrap();
         assert_eq!(at("root-verified"), 0.0);
