@@ -12,7 +12,9 @@
 //! A firmware DISCOVER starts a new boot unless the current one has not reached its
 //! boot script yet (a chain-loaded iPXE does its own DHCP within the same boot) and is
 //! younger than [`SAME_BOOT`]. HTTP fetches carry no MAC: they are attributed through
-//! the address that fetched the node's boot script (`?mac=`).
+//! the address that fetched the node's boot script (`?mac=`). A Raspberry Pi's TFTP
+//! fetches are attributed through the serial its firmware's DHCP carried: it names
+//! its TFTP folder.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -120,6 +122,7 @@ pub struct Timeline {
 struct Inner {
     boots: BTreeMap<Mac, Boot>,
     by_ip: BTreeMap<IpAddr, Mac>,
+    by_serial: BTreeMap<String, Mac>,
 }
 
 impl Timeline {
@@ -182,6 +185,30 @@ impl Timeline {
         }
     }
 
+    /// Remembers that the Raspberry Pi with board serial `serial` (8 hex digits, as in
+    /// its TFTP folder) booted with `mac`.
+    pub fn bind_serial(&self, serial: &str, mac: Mac) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let serial = serial.to_ascii_lowercase();
+            if inner.by_serial.len() >= MAX_NODES && !inner.by_serial.contains_key(&serial) {
+                inner.by_serial.clear();
+            }
+            inner.by_serial.insert(serial, mac);
+        }
+    }
+
+    /// Records `milestone` for the Pi with board serial `serial`, if its DHCP was seen.
+    pub fn mark_serial(&self, serial: &str, milestone: &'static str) {
+        let mac = self
+            .inner
+            .lock()
+            .ok()
+            .and_then(|i| i.by_serial.get(&serial.to_ascii_lowercase()).copied());
+        if let Some(mac) = mac {
+            self.mark(mac, milestone);
+        }
+    }
+
     /// Records `milestone` for whichever node `ip` belongs to, if known.
     pub fn mark_ip(&self, ip: IpAddr, milestone: &'static str) {
         let mac = self
@@ -208,11 +235,13 @@ impl Timeline {
     }
 }
 
-/// The milestone an artifact file of a profile's netboot folder stands for.
+/// The milestone an artifact file of a profile's netboot folder stands for (the Pi's
+/// TFTP names included).
 pub fn file_milestone(file: &str) -> Option<&'static str> {
+    use labimg_builder::target::rpi5::{INITRAMFS_FILE, KERNEL_FILE};
     match file {
-        "vmlinuz" => Some("kernel"),
-        "initrd.img" => Some("initrd"),
+        "vmlinuz" | KERNEL_FILE => Some("kernel"),
+        "initrd.img" | INITRAMFS_FILE => Some("initrd"),
         "root.squashfs" => Some("root-image"),
         _ => None,
     }
@@ -353,9 +382,36 @@ mod tests {
         assert!((at("network-up") - 20.0).abs() < 0.5, "{b:?}");
     }
 
+    /// A Pi's TFTP kernel and initramfs count for the MAC its DHCP came from.
+    #[test]
+    fn a_pi_is_followed_from_its_dhcp_to_its_tftp_files_by_serial() {
+        let t = Timeline::default();
+        let m = mac("d8:3a:dd:00:00:01");
+        t.mark(m, "dhcp-discover");
+        t.bind_serial("DC4A8F1B", m);
+        t.mark_serial("dc4a8f1b", "kernel");
+        t.mark_serial("0badc0de", "initrd"); // nobody's
+        t.mark_serial("dc4a8f1b", "initrd");
+        let names: Vec<_> = t
+            .of(&m)
+            .unwrap()
+            .marks
+            .iter()
+            .map(|m| m.milestone)
+            .collect();
+        assert_eq!(names, ["dhcp-discover", "kernel", "initrd"]);
+        assert_eq!(t.macs(), [m]);
+    }
+
     #[test]
     fn every_milestone_is_named() {
-        for f in ["vmlinuz", "initrd.img", "root.squashfs"] {
+        for f in [
+            "vmlinuz",
+            "initrd.img",
+            "root.squashfs",
+            "kernel_2712.img",
+            "initramfs.img",
+        ] {
             assert!(MILESTONES.contains(&file_milestone(f).unwrap()));
         }
         assert_eq!(file_milestone("SHA256SUMS"), None);

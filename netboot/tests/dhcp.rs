@@ -561,3 +561,68 @@ fn hostile_packets_are_dropped_and_counted_over_udp() {
         m.render()
     );
 }
+
+/// The server's boot timeline follows a Raspberry Pi from its firmware's DHCP to its
+/// TFTP kernel and initramfs: the serial in the DHCP GUID names the TFTP folder. The
+/// real TFTP server on loopback and curl, as the firmware asks (blksize 1468).
+#[test]
+fn a_pi_boot_timeline_runs_from_its_dhcp_to_its_tftp_kernel() {
+    let f = fixture(8080);
+    let s = DhcpServer::new(
+        &settings(DhcpMode::Proxy, f.dir.path().join("unused")),
+        f.shared.clone(),
+    )
+    .unwrap();
+    let pi_mac = mac("d8:3a:dd:00:00:09");
+    let serial = u32::from_str_radix(common::PI_SERIAL, 16).unwrap();
+    let mut pi = pxe(0, "PXEClient:Arch:00000:UNDI:002001");
+    pi.push((97, pi_guid(b"RPi5", serial)));
+    let r = ask(
+        &s,
+        &packet(DISCOVER, pi_mac, Ipv4Addr::UNSPECIFIED, &pi),
+        false,
+    )
+    .unwrap();
+    assert_eq!(r.kind(), OFFER);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(async {
+        let t = labimg_netboot::tftp::Tftp::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            f.shared.clone(),
+            8,
+            None,
+        )
+        .await
+        .unwrap();
+        let addr = t.local_addr().unwrap();
+        tokio::spawn(t.run());
+        addr
+    });
+    for file in ["config.txt", "vmlinuz", "initrd.img"] {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "30",
+                "--tftp-blksize",
+                "1468",
+                "-o",
+                "/dev/null",
+            ])
+            .arg(format!("tftp://{addr}/{}/{file}", common::PI_SERIAL))
+            .status()
+            .unwrap();
+        assert!(out.success(), "curl {file}: {out}");
+    }
+    let mac: labimg_netboot::inventory::Mac = "d8:3a:dd:00:00:09".parse().unwrap();
+    let boot = f.shared.timeline.of(&mac).expect("a timeline for the Pi");
+    let names: Vec<&str> = boot.marks.iter().map(|m| m.milestone).collect();
+    assert_eq!(
+        names,
+        ["dhcp-discover", "dhcp-offer", "kernel", "initrd"],
+        "{boot:?}"
+    );
+    assert!(boot.from_power_on);
+    drop(rt);
+}

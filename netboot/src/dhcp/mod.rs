@@ -268,6 +268,14 @@ impl DhcpServer {
         let firmware = client.firmware.is_some();
         if firmware && client.msg_type == MessageType::Discover {
             self.shared.timeline.mark(client.mac, "dhcp-discover");
+            // A Pi's TFTP folder is its serial: how its file fetches find its boot.
+            if let Some(Firmware::RaspberryPi {
+                serial: Some(serial),
+                ..
+            }) = &client.firmware
+            {
+                self.shared.timeline.bind_serial(serial, client.mac);
+            }
         }
         let reply = match &self.leases {
             Some(l) => {

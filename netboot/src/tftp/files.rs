@@ -119,6 +119,9 @@ pub fn resolve(shared: &Shared, name: &str) -> Result<Source, Refusal> {
         .map_err(|e| (E_NOT_FOUND, format!("{name}: {e:#}")))?
         .ok_or_else(|| not_found(name))?;
     let rest: PathBuf = parts[1..].iter().collect();
+    if let (2, Some(milestone)) = (parts.len(), crate::timeline::file_milestone(parts[1])) {
+        shared.timeline.mark_serial(&serial, milestone);
+    }
     if rest == Path::new("cmdline.txt") {
         return Ok(Source::Mem(
             format!("{}\n", boot::kernel_cmdline(shared, &target)).into_bytes(),
