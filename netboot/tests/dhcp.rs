@@ -137,14 +137,26 @@ fn pi_guid(fourcc: &[u8; 4], serial: u32) -> Vec<u8> {
     g
 }
 
-#[test]
-fn proxy_replies_per_client_type() {
-    let f = fixture(8080);
-    let s = DhcpServer::new(
+/// Proxy mode over the fixture's images and inventory.
+fn proxy_server(f: &common::Fixture) -> DhcpServer {
+    DhcpServer::new(
         &settings(DhcpMode::Proxy, f.dir.path().join("unused")),
         f.shared.clone(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// The options of a Pi 5 bootloader's DISCOVER, board serial `serial`.
+fn pi5_discover(serial: u32) -> Vec<(u8, Vec<u8>)> {
+    let mut opts = pxe(0, "PXEClient:Arch:00000:UNDI:002001");
+    opts.push((97, pi_guid(b"RPi5", serial)));
+    opts
+}
+
+#[test]
+fn proxy_replies_per_client_type() {
+    let f = fixture(8080);
+    let s = proxy_server(&f);
     let cp = mac(CP_MAC);
     let lo = Ipv4Addr::LOCALHOST;
     let check_pxe = |r: &Reply, file: &str, class: &str| {
@@ -240,8 +252,7 @@ fn proxy_replies_per_client_type() {
 
     // A Pi 5 whose MAC is not in the inventory, recognised by the serial in its GUID.
     let pi_mac = mac("d8:3a:dd:00:00:01");
-    let mut pi = pxe(0, "PXEClient:Arch:00000:UNDI:002001");
-    pi.push((97, pi_guid(b"RPi5", 0xdc4a_8f1b)));
+    let pi = pi5_discover(0xdc4a_8f1b);
     let r = ask(
         &s,
         &packet(DISCOVER, pi_mac, Ipv4Addr::UNSPECIFIED, &pi),
@@ -264,8 +275,7 @@ fn proxy_replies_per_client_type() {
     assert_eq!(r.opts[&97], pi_guid(b"RPi5", 0xdc4a_8f1b), "GUID echoed");
     assert!(!r.opts.contains_key(&67));
     // Same Pi, unknown serial: the default is ignore, so silence.
-    let mut stranger = pxe(0, "PXEClient:Arch:00000:UNDI:002001");
-    stranger.push((97, pi_guid(b"RPi5", 0x1111_2222)));
+    let stranger = pi5_discover(0x1111_2222);
     assert!(
         ask(
             &s,
@@ -568,15 +578,10 @@ fn hostile_packets_are_dropped_and_counted_over_udp() {
 #[test]
 fn a_pi_boot_timeline_runs_from_its_dhcp_to_its_tftp_kernel() {
     let f = fixture(8080);
-    let s = DhcpServer::new(
-        &settings(DhcpMode::Proxy, f.dir.path().join("unused")),
-        f.shared.clone(),
-    )
-    .unwrap();
+    let s = proxy_server(&f);
     let pi_mac = mac("d8:3a:dd:00:00:09");
     let serial = u32::from_str_radix(common::PI_SERIAL, 16).unwrap();
-    let mut pi = pxe(0, "PXEClient:Arch:00000:UNDI:002001");
-    pi.push((97, pi_guid(b"RPi5", serial)));
+    let pi = pi5_discover(serial);
     let r = ask(
         &s,
         &packet(DISCOVER, pi_mac, Ipv4Addr::UNSPECIFIED, &pi),
