@@ -146,6 +146,18 @@ fn proxy_server(f: &common::Fixture) -> DhcpServer {
     .unwrap()
 }
 
+/// Asks `s` with a Pi 5 bootloader's DISCOVER from `mac`; the reply must be an OFFER.
+fn pi5_offer(s: &DhcpServer, mac: [u8; 6], serial: u32) -> Reply {
+    let r = ask(
+        s,
+        &packet(DISCOVER, mac, Ipv4Addr::UNSPECIFIED, &pi5_discover(serial)),
+        false,
+    )
+    .expect("a reply to the Pi");
+    assert_eq!(r.kind(), OFFER);
+    r
+}
+
 /// The options of a Pi 5 bootloader's DISCOVER, board serial `serial`.
 fn pi5_discover(serial: u32) -> Vec<(u8, Vec<u8>)> {
     let mut opts = pxe(0, "PXEClient:Arch:00000:UNDI:002001");
@@ -252,14 +264,7 @@ fn proxy_replies_per_client_type() {
 
     // A Pi 5 whose MAC is not in the inventory, recognised by the serial in its GUID.
     let pi_mac = mac("d8:3a:dd:00:00:01");
-    let pi = pi5_discover(0xdc4a_8f1b);
-    let r = ask(
-        &s,
-        &packet(DISCOVER, pi_mac, Ipv4Addr::UNSPECIFIED, &pi),
-        false,
-    )
-    .unwrap();
-    assert_eq!(r.kind(), OFFER);
+    let r = pi5_offer(&s, pi_mac, 0xdc4a_8f1b);
     assert_eq!(r.siaddr, lo);
     assert_eq!(r.text(66), "127.0.0.1");
     assert_eq!(r.text(60), "PXEClient");
@@ -579,16 +584,8 @@ fn hostile_packets_are_dropped_and_counted_over_udp() {
 fn a_pi_boot_timeline_runs_from_its_dhcp_to_its_tftp_kernel() {
     let f = fixture(8080);
     let s = proxy_server(&f);
-    let pi_mac = mac("d8:3a:dd:00:00:09");
     let serial = u32::from_str_radix(common::PI_SERIAL, 16).unwrap();
-    let pi = pi5_discover(serial);
-    let r = ask(
-        &s,
-        &packet(DISCOVER, pi_mac, Ipv4Addr::UNSPECIFIED, &pi),
-        false,
-    )
-    .unwrap();
-    assert_eq!(r.kind(), OFFER);
+    pi5_offer(&s, mac("d8:3a:dd:00:00:09"), serial);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let addr = rt.block_on(async {
