@@ -358,13 +358,10 @@ impl KernelModules {
     /// set holds (after [`KernelModules::retain`], only the kept ones), from their
     /// `.modinfo` as [`KernelModules::modinfo`] read it.
     pub fn render_index(&self, info: &BTreeMap<String, ModInfo>) -> ModuleIndex {
-        let direct: BTreeMap<String, Vec<String>> = info
-            .iter()
-            .filter(|(n, _)| self.modules.contains_key(*n))
-            .map(|(n, i)| (n.clone(), i.depends.clone()))
-            .collect();
+        let mut direct: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let (mut alias, mut softdep) = (String::new(), String::new());
         for (name, i) in info.iter().filter(|(n, _)| self.modules.contains_key(*n)) {
+            direct.insert(name.clone(), i.depends.clone());
             for a in &i.aliases {
                 alias.push_str(&format!("alias {a} {name}\n"));
             }

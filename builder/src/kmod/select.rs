@@ -14,7 +14,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::{KernelModules, ModInfo, normalize_name};
+use super::{KernelModules, ModInfo};
 
 /// Folders under `kernel/` whose modules the node set keeps (a module in a
 /// subfolder of one is kept too, unless [`NODE_DROPPED`] names that subfolder).
@@ -229,11 +229,7 @@ impl KernelModules {
                 todo.push(dep.clone());
             }
             // A softdep may name a built-in or absent module (modprobe skips it).
-            todo.extend(
-                i.softdep_modules()
-                    .filter(|m| self.modules.contains_key(m))
-                    .map(|m| normalize_name(&m)),
-            );
+            todo.extend(i.softdep_modules().filter(|m| self.modules.contains_key(m)));
         }
         kept.retain(|n| self.modules.contains_key(n));
         Ok(kept)
