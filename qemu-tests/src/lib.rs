@@ -487,6 +487,27 @@ impl SerialLog {
     }
 }
 
+/// What k3s keys a node on survived from `first`, the boot that made it, to `again`
+/// (a reboot, or slot B after an A/B upgrade): both boots' host-contract details
+/// ([`SerialLog::assert_host_contract`]) show the same k3s node password (made on
+/// `first`, found on `again`) and the same machine-id.
+pub fn assert_node_identity_kept(
+    first: &std::collections::BTreeMap<String, String>,
+    again: &std::collections::BTreeMap<String, String>,
+) {
+    assert!(first["node-password"].contains("created=yes"), "{first:?}");
+    assert!(again["node-password"].contains("created=no"), "{again:?}");
+    assert_eq!(
+        first["node-password"].replace("created=yes", "created=no"),
+        again["node-password"],
+        "the k3s node password changed"
+    );
+    assert_eq!(
+        first["machine-id"], again["machine-id"],
+        "the machine-id changed"
+    );
+}
+
 /// What the serial console said.
 #[derive(Debug)]
 pub struct SerialLog {

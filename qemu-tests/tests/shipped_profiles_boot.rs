@@ -207,17 +207,7 @@ fn assert_kept_across_reboot(
             .unwrap()
             .to_owned()
     };
-    assert!(first["node-password"].contains("created=yes"), "{first:?}");
-    assert!(again["node-password"].contains("created=no"), "{again:?}");
-    assert_eq!(
-        pw(first),
-        pw(again),
-        "the node password changed across a reboot"
-    );
-    assert_eq!(
-        first["machine-id"], again["machine-id"],
-        "the machine-id changed"
-    );
+    labimg_qemu_tests::assert_node_identity_kept(first, again);
     assert_ne!(pw(first), pw(other), "two machines share a node password");
     assert_ne!(
         first["machine-id"], other["machine-id"],

@@ -17,12 +17,12 @@
 //! whose signed `SHA256SUMS` vouches for its `upgrade.env`, the file the agent
 //! reads (tampering tests edit that one).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use labimg_qemu_tests::{
-    SerialLog, Vm, build_text_once, qcow2_overlay, serve_dir_http, test_signing_key,
+    SerialLog, Vm, assert_node_identity_kept, build_text_once, qcow2_overlay, serve_dir_http,
+    test_signing_key,
 };
 
 const MAC: &str = "52:54:00:12:34:57";
@@ -246,24 +246,8 @@ fn upgrade_ab_stages_slot_b_boots_it_as_a_trial_and_blesses_it() {
         "k3s-stand-in: done, powering off",
     ]);
     let blessed = log.assert_host_contract_without_dns();
-    assert_kept(&trial, &blessed);
+    assert_node_identity_kept(&trial, &blessed);
     eprintln!("good upgrade: {:.0?} in all", started.elapsed());
-}
-
-/// k3s's node password and the machine-id, made on the first boot that started
-/// k3s, are the same on the next one.
-fn assert_kept(first: &BTreeMap<String, String>, again: &BTreeMap<String, String>) {
-    let pw = |c: &BTreeMap<String, String>| c["node-password"].replace("created=yes", "created=no");
-    assert!(first["node-password"].contains("created=yes"), "{first:?}");
-    assert_eq!(
-        pw(first),
-        again["node-password"],
-        "the node password changed"
-    );
-    assert_eq!(
-        first["machine-id"], again["machine-id"],
-        "the machine-id changed"
-    );
 }
 
 #[test]
