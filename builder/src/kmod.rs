@@ -410,6 +410,27 @@ impl KernelModules {
             .sum()
     }
 
+    /// Stores `wanted` and the modules they depend on uncompressed in `tree` (`x.ko`
+    /// in place of `x.ko.xz`), so that `modprobe` on the node reads them as they are
+    /// instead of unpacking xz in user space at every boot; the root image's own
+    /// compression still applies. Returns how many files changed.
+    /// [`KernelModules::render_index`] names the new paths.
+    pub fn store_plain(&mut self, tree: &mut Tree, wanted: &[String]) -> Result<usize> {
+        let mut changed = 0;
+        for m in self.closure(tree, wanted)? {
+            let old = self.modules[&m.name].clone();
+            if old == m.path {
+                continue;
+            }
+            tree.remove(self.dir.join(&old))
+                .with_context(|| format!("removing {}", old.display()))?;
+            tree.insert_file(self.dir.join(&m.path), m.data, 0o644)?;
+            self.modules.insert(m.name, m.path);
+            changed += 1;
+        }
+        Ok(changed)
+    }
+
     /// Removes from `tree` (and from this set) every module not in `keep`.
     pub fn retain(&mut self, tree: &mut Tree, keep: &BTreeSet<String>) -> Result<()> {
         let dropped: Vec<String> = self
@@ -567,5 +588,29 @@ mod tests {
             "{dep}"
         );
         assert!(dep.contains("kernel/fs/squashfs.ko.xz:\n"), "{dep}");
+    }
+
+    #[test]
+    fn store_plain_unpacks_the_wanted_closure_and_the_index_names_it() {
+        let mut t = tree();
+        let mut k = KernelModules::find(&t).unwrap();
+        let info = k.modinfo(&t).unwrap();
+        // dm_verity and its two dependencies; dm_bufio is stored plain already.
+        assert_eq!(k.store_plain(&mut t, &["dm-verity".into()]).unwrap(), 2);
+        let d = Path::new("usr/lib/modules/6.12.0-test/kernel");
+        let plain = t.get(d.join("a/dm-verity.ko")).and_then(|e| e.data());
+        assert_eq!(plain, Some(&module("dm_verity", "dm_mod,dm_bufio")[..]));
+        assert!(t.get(d.join("a/dm-verity.ko.xz")).is_none());
+        assert!(t.get(d.join("a/dm-mod.ko")).is_some());
+        // Not wanted: left as the package ships it.
+        assert!(t.get(d.join("fs/squashfs.ko.xz")).is_some());
+        let dep = k.render_index(&info).dep;
+        assert!(
+            dep.contains("kernel/a/dm-verity.ko: kernel/a/dm-bufio.ko kernel/a/dm-mod.ko\n"),
+            "{dep}"
+        );
+        assert!(dep.contains("kernel/fs/squashfs.ko.xz:\n"), "{dep}");
+        // A second call finds nothing left to unpack.
+        assert_eq!(k.store_plain(&mut t, &["dm-verity".into()]).unwrap(), 0);
     }
 }

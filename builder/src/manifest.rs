@@ -82,7 +82,8 @@ pub struct RootModules {
     pub set: String,
     /// How many loadable modules the root image holds.
     pub count: usize,
-    /// Their bytes as stored (compressed, as the kernel package ships them).
+    /// Their bytes as stored: those stage 2 loads at every boot uncompressed, the
+    /// others compressed, as the kernel package ships them.
     pub bytes: u64,
     /// How many of the kernel package's modules the set left out.
     pub dropped: usize,

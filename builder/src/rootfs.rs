@@ -499,8 +499,12 @@ fn module_set(
 /// (one module a line, built-ins left out), the part of it stage 2 loads first
 /// (`modules-load.early`), and `usr/lib/labimg/sysctl.conf`.
 /// Every module name is checked against the kernel package here, so a typo in
-/// `kernel.load` fails the build instead of a node's boot.
-fn kernel_runtime(tree: &mut Tree, profile: &Profile, modules: &KernelModules) -> Result<()> {
+/// `kernel.load` fails the build instead of a node's boot. Returns the list.
+fn kernel_runtime(
+    tree: &mut Tree,
+    profile: &Profile,
+    modules: &KernelModules,
+) -> Result<Vec<String>> {
     let defaults: Vec<String> = RUNTIME_MODULES.iter().map(|m| m.to_string()).collect();
     let mut load = modules
         .loadable(&defaults)
@@ -551,7 +555,7 @@ fn kernel_runtime(tree: &mut Tree, profile: &Profile, modules: &KernelModules) -
         .map(|(k, v)| format!("{k} = {v}\n"))
         .collect();
     tree.insert_file("usr/lib/labimg/sysctl.conf", conf, 0o644)?;
-    Ok(())
+    Ok(load)
 }
 
 /// Where the image keeps `k3s.airgap-images`; stage 2 links them into
@@ -626,12 +630,15 @@ pub fn assemble_rootfs(
     let info = modules
         .modinfo(&tree)
         .context("reading the modules' .modinfo")?;
-    let module_record = module_set(&mut tree, profile, &mut modules, &info)?;
+    let mut module_record = module_set(&mut tree, profile, &mut modules, &info)?;
+    let load = kernel_runtime(&mut tree, profile, &modules)?;
+    // Loaded at every boot, where unpacking xz in user space cost seconds under QEMU.
+    modules.store_plain(&mut tree, &load)?;
+    module_record.bytes = modules.stored_bytes(&tree);
     let index = modules.render_index(&info);
     tree.insert_file(modules.dir.join("modules.dep"), index.dep, 0o644)?;
     tree.insert_file(modules.dir.join("modules.alias"), index.alias, 0o644)?;
     tree.insert_file(modules.dir.join("modules.softdep"), index.softdep, 0o644)?;
-    kernel_runtime(&mut tree, profile, &modules)?;
     // What the upgrade agent compares a bundle's profile and build time with.
     tree.insert_file(RELEASE_FILE, release_text(profile, epoch), 0o644)?;
     airgap_images(&mut tree, profile, render)?;
