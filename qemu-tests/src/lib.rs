@@ -425,6 +425,7 @@ pub const HOST_CONTRACT: &[&str] = &[
     "limits",
     "flexvolume",
     "resolv-conf",
+    "random-pool",
 ];
 
 impl SerialLog {
