@@ -236,8 +236,6 @@ pxe_boot() { # <name> <bios|uefi>
     done
     [[ " ${flows[*]} " == *" $1 "* ]] || flows+=("$1")
     flow_bytes[$1]=$(( $(served_bytes) - bytes0 ))
-    mkdir -p "$repo/target/bench/logs"
-    cp "$serial" "$work/$1.nodes.json" "$repo/target/bench/logs/"
 }
 
 # pxe_boots <name> <bios|uefi>: $boots boots of one flow. boot_s is the median and
@@ -257,6 +255,7 @@ pxe_boots() {
             break
         fi
     done
+    mkdir -p "$repo/target/bench/logs"
     cp "$work/$1.serial" "$work/$1.nodes.json" "$repo/target/bench/logs/"
     boot_s=$median_s
     boot_runs="${times[*]}"
