@@ -5,7 +5,7 @@
 //! architecture); the few things they would have done that the node needs are
 //! done here, in Rust: busybox applet links, the CA bundle, `modules.dep`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use sha2::Digest;
@@ -448,6 +448,52 @@ pub const DEFAULT_SYSCTLS: &[(&str, &str)] = &[
     ("vm.panic_on_oom", "0"),
 ];
 
+/// Drops the kernel package's device trees the board does not boot with
+/// ([`crate::target::Target::keeps_dtb`]) from `usr/lib/modules/<v>/dtb/`, and the
+/// folders left empty. Debian's arm64 kernel ships every arm64 board's; a Pi 5 keeps
+/// its own `broadcom/bcm2712*.dtb`, which the boot partition copies.
+fn device_trees(tree: &mut Tree, profile: &Profile, kernel_version: &str) -> Result<()> {
+    let dir = PathBuf::from(format!("usr/lib/modules/{kernel_version}/dtb"));
+    if !tree.get(&dir).is_some_and(|e| e.is_dir()) {
+        return Ok(());
+    }
+    let target = crate::target::for_profile(profile)?;
+    let mut drop: Vec<PathBuf> = Vec::new();
+    let mut kept_dirs: std::collections::BTreeSet<PathBuf> = Default::default();
+    let (mut dropped, mut bytes) = (0usize, 0u64);
+    for (path, e) in tree.iter() {
+        let Ok(rel) = path.strip_prefix(&dir) else {
+            continue;
+        };
+        if rel.as_os_str().is_empty() || e.is_dir() {
+            continue;
+        }
+        if target.keeps_dtb(rel) {
+            kept_dirs.extend(path.ancestors().skip(1).map(Path::to_path_buf));
+        } else {
+            dropped += 1;
+            bytes += e.data().map_or(0, |d| d.len() as u64);
+            drop.push(path.to_path_buf());
+        }
+    }
+    let empty_dirs: Vec<PathBuf> = tree
+        .iter()
+        .filter(|(p, e)| e.is_dir() && p.starts_with(&dir) && !kept_dirs.contains(*p))
+        .map(|(p, _)| p.to_path_buf())
+        .collect();
+    for p in drop.iter().chain(&empty_dirs) {
+        tree.remove(p)?;
+    }
+    if dropped > 0 {
+        tracing::info!(
+            "device trees: dropped {dropped} files ({:.1} MB) the {} board does not boot with",
+            bytes as f64 / 1e6,
+            target.name()
+        );
+    }
+    Ok(())
+}
+
 /// `kernel.module-set`: with `"node"`, drops from `tree` every module outside the node
 /// set ([`KernelModules::select_node`]), keeping what the initramfs, stage 2 and the
 /// profile name and what cluster software loads ([`NODE_NEEDS`]); with `"full"`, keeps
@@ -621,6 +667,7 @@ pub fn assemble_rootfs(
     for p in PRUNE {
         tree.remove(p)?;
     }
+    device_trees(&mut tree, profile, &kernel_version)?;
     let applets = install_busybox_links(&mut tree)?;
     let certs = ca_bundle(&mut tree)?;
     etc_files(&mut tree, profile)?;
@@ -818,6 +865,66 @@ sha256.amd64 = "835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f
         state_crypt(&mut tree, &sealed).unwrap();
         let script = tree.get(STATECRYPT_SCRIPT).and_then(|e| e.data()).unwrap();
         assert_eq!(script, node_files::STATECRYPT.as_bytes());
+    }
+
+    #[test]
+    fn a_pi_root_keeps_only_its_own_device_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = "7.3.4+deb13-arm64";
+        let dtb = format!("usr/lib/modules/{v}/dtb");
+        let files = [
+            "broadcom/bcm2712-rpi-5-b.dtb",
+            "broadcom/bcm2712-d-rpi-5-b.dtb",
+            "broadcom/bcm2711-rpi-4-b.dtb",
+            "overlays/a.dtbo",
+            "rockchip/rk3588-rock-5b.dtb",
+            "rockchip/overlay/x.dtbo",
+        ];
+        let tree_with_dtbs = || {
+            let mut tree = Tree::new();
+            for f in files {
+                tree.insert_file(format!("{dtb}/{f}"), vec![7u8; 100], 0o644)
+                    .unwrap();
+            }
+            tree
+        };
+        let kept = |tree: &Tree| -> Vec<String> {
+            files
+                .iter()
+                .filter(|f| tree.contains(format!("{dtb}/{f}")))
+                .map(|f| f.to_string())
+                .collect()
+        };
+
+        let text = MINIMAL
+            .replace(
+                "arch = \"amd64\"\nboard = \"proxmox\"",
+                "arch = \"arm64\"\nboard = \"rpi5\"",
+            )
+            .replace("sha256.amd64", "sha256.arm64")
+            + "[debian]\nsuites = [\"trixie\", \"trixie-backports\"]\n";
+        std::fs::write(dir.path().join("s.toml"), text).unwrap();
+        let pi = crate::profile::load("s", dir.path(), &[]).unwrap();
+        let mut tree = tree_with_dtbs();
+        device_trees(&mut tree, &pi, v).unwrap();
+        assert_eq!(
+            kept(&tree),
+            [
+                "broadcom/bcm2712-rpi-5-b.dtb",
+                "broadcom/bcm2712-d-rpi-5-b.dtb",
+                "overlays/a.dtbo"
+            ]
+        );
+        // Folders left empty go too; the kept ones stay.
+        assert!(!tree.contains(format!("{dtb}/rockchip")));
+        assert!(tree.contains(format!("{dtb}/broadcom")));
+
+        // Another board (no keeps_dtb of its own) keeps every one.
+        std::fs::write(dir.path().join("s.toml"), MINIMAL).unwrap();
+        let pve = crate::profile::load("s", dir.path(), &[]).unwrap();
+        let mut tree = tree_with_dtbs();
+        device_trees(&mut tree, &pve, v).unwrap();
+        assert_eq!(kept(&tree).len(), files.len());
     }
 
     /// A profile with one air-gap archive at `path` pinned to `sha256`.

@@ -57,6 +57,11 @@ pub trait Target {
     fn netboot_files(&self, _inputs: &DiskInputs) -> Result<Option<(&'static str, Tree)>> {
         Ok(None)
     }
+    /// Whether the root image keeps the kernel package's device tree `rel` (a path
+    /// under its `dtb/` folder, such as `broadcom/bcm2712-rpi-5-b.dtb`). Default: all.
+    fn keeps_dtb(&self, _rel: &Path) -> bool {
+        true
+    }
 }
 
 /// Modules to mount the FAT boot partitions (the ESP, the Pi's boot and

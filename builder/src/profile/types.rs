@@ -328,7 +328,7 @@ pub struct Kernel {
     /// key it came from. `modules.dep`, `modules.alias` and `modules.softdep` list
     /// the kept modules only; `manifest.json` records the set, its module count
     /// and bytes (`root_modules`). On Raspberry Pi 5 it keeps 2670 of 4486 modules
-    /// and the root image shrinks from 130 MiB to 88 MiB (`builder/src/target/RPI5.md`,
+    /// and the root image shrinks by 42 MiB (`builder/src/target/RPI5.md`,
     /// "Module set"). Shown in a resolved profile only when not `"full"`.
     #[serde(skip_serializing_if = "ModuleSet::is_full")]
     pub module_set: ModuleSet,

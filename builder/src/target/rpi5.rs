@@ -66,6 +66,22 @@ impl Target for Rpi5 {
         Vec::new()
     }
 
+    /// Only the Pi 5's own device trees and overlays: the firmware reads them from
+    /// the boot partition (or TFTP), which takes its copies from the root tree; the
+    /// other boards' (14.6 MB of squashfs in the arm64 package) are never used.
+    fn keeps_dtb(&self, rel: &Path) -> bool {
+        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        match rel
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|d| d.to_str())
+        {
+            Some("broadcom") => name.starts_with("bcm2712") && name.ends_with(".dtb"),
+            Some("overlays") => name.ends_with(".dtbo"),
+            _ => false,
+        }
+    }
+
     fn boot_modules(&self) -> Vec<String> {
         // Checked against linux-image-arm64 7.3 from trixie-backports (see
         // tests/rpi5_structure.rs): the rest of the boot path (PCIe host,
