@@ -166,6 +166,18 @@ impl http_body::Body for Counted {
     }
 }
 
+/// Bytes read from a served file at a time. tower-http's default is 64 KiB, and each
+/// read is a trip to the blocking pool and one body frame. Measured on loopback with
+/// the 50.9 MB proxmox root image: one curl 1.1 GB/s with 64 KiB, 1.2 to 1.6 GB/s with
+/// 512 KiB; twenty at once 0.96 s against 0.78 to 0.84 s. Fifty transfers at once
+/// hold fifty such buffers (25 MiB).
+const FILE_CHUNK: usize = 512 * 1024;
+
+/// A file response with Range support and [`FILE_CHUNK`] reads.
+fn serve_file(path: std::path::PathBuf) -> ServeFile {
+    ServeFile::new(path).with_buf_chunk_size(FILE_CHUNK)
+}
+
 /// Serves `root/name` with Range support, refusing names or symlinks leading out.
 /// `name` is one or more plain names joined by `/`.
 async fn serve_under(root: std::path::PathBuf, name: &str, req: Request) -> Response {
@@ -178,7 +190,7 @@ async fn serve_under(root: std::path::PathBuf, name: &str, req: Request) -> Resp
     if !real.starts_with(&root) || !real.is_file() {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
-    match ServeFile::new(real).oneshot(req).await {
+    match serve_file(real).oneshot(req).await {
         Ok(r) => r.map(Body::new),
         Err(e) => internal(anyhow::anyhow!("serving {name}: {e}")),
     }
@@ -241,7 +253,7 @@ async fn imager_file(
     req: Request,
 ) -> Response {
     match s.cfg.images.imager_file(&profile, &file) {
-        Ok(path) => match ServeFile::new(path).oneshot(req).await {
+        Ok(path) => match serve_file(path).oneshot(req).await {
             Ok(r) => counted(&s, r.map(Body::new)),
             Err(e) => internal(anyhow::anyhow!("serving {file}: {e}")),
         },
